@@ -1,0 +1,108 @@
+"""L2: the shared exact layer in Redis (`redis.asyncio`, one connection pool).
+
+Each entry is one string key `{prefix}e:{key}` holding `Entry.to_bytes()`, with a Redis
+expiry at the entry's purge time (ttl + grace), so Redis drops it when nothing could
+serve it. Every call has a deadline; failures raise `LayerError` and feed a circuit
+breaker, so an outage costs one fast failure per call instead of a timeout each.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from cache.breaker import CircuitBreaker, CircuitOpen
+from cache.entry import MISS, CorruptEntry, Entry, Key, Miss
+from cache.layer import LayerError
+
+T = TypeVar("T")
+
+
+def make_client(url: str, timeout_s: float) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                   retry_on_timeout=False, health_check_interval=30, max_connections=256)
+
+
+class RedisLayer:
+    name = "L2"
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
+                 clock: Callable[[], float] = time.time,
+                 observe: Callable[[str, float], None] | None = None) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.breaker = breaker
+        self.clock = clock
+        self._observe = observe
+
+    def _k(self, key: Key) -> str:
+        return f"{self.prefix}e:{key}"
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            self.breaker.check()
+        except CircuitOpen as exc:
+            raise LayerError(f"redis {op}: circuit open") from exc
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                out = await fn()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.breaker.failure()
+            raise LayerError(f"redis {op}: {type(exc).__name__}: {exc}") from exc
+        self.breaker.success()
+        if self._observe is not None:
+            self._observe(op, time.perf_counter() - t0)
+        return out
+
+    async def get(self, key: Key) -> Entry | Miss:
+        raw = await self._call("get", lambda: self.client.get(self._k(key)))
+        if raw is None:
+            return MISS
+        try:
+            return Entry.from_bytes(raw)
+        except CorruptEntry as exc:
+            raise LayerError(f"redis get: corrupt entry: {exc}") from exc
+
+    async def set(self, key: Key, entry: Entry) -> None:
+        ms = int((entry.purge_at - self.clock()) * 1000)
+        if ms <= 0:
+            return
+        data = entry.to_bytes()
+        await self._call("set", lambda: self.client.set(self._k(key), data, px=ms))
+
+    async def delete(self, key: Key) -> bool:
+        return bool(await self._call("delete", lambda: self.client.delete(self._k(key))))
+
+    async def scan(self, *, partition: str | None = None) -> AsyncIterator[Key]:
+        """Keys of stored entries (a partition filter reads each entry: for sweeps only)."""
+        plen = len(self.prefix) + 2
+        cursor = 0
+        while True:
+            cursor, keys = await self._call("scan", lambda c=cursor: self.client.scan(c, match=f"{self.prefix}e:*",
+                                                                                       count=500))
+            for k in keys:
+                key = (k.decode() if isinstance(k, bytes) else k)[plen:]
+                if partition is None:
+                    yield key
+                else:
+                    e = await self.get(key)
+                    if e and e.meta.partition == partition:
+                        yield key
+            if cursor == 0:
+                return
+
+    async def ping(self) -> bool:
+        try:
+            await self._call("ping", self.client.ping)
+            return True
+        except LayerError:
+            return False
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

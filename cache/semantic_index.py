@@ -1,0 +1,476 @@
+"""The in-process semantic index behind L3: one FAISS index per partition.
+
+Contract (`VectorIndex`):
+- vectors are float32 of the index's `dim`, L2-normalised by the caller (the embedder does
+  it); a score is an inner product, i.e. a cosine similarity in [-1, 1], higher is closer.
+- a search only ever sees its own partition: the partition filter (tenant, namespace,
+  model, params, conversation fingerprint: an opaque string to this module) applies
+  *before* nearest-neighbour search because each partition is a separate FAISS index.
+- `add` of a key that is already indexed replaces its vector (and partition); adding the
+  identical vector to the same partition again is a no-op, so replaying our own events
+  from the Redis stream costs nothing.
+- `remove` returns whether the key was indexed. A partition left with no entries is dropped.
+
+Index type by size. A partition starts as `IndexIDMap2(IndexFlatIP)`: exact, cheap to
+mutate. When it grows past `flat_max` entries it is rebuilt as HNSW (`IndexHNSWFlat`,
+inner product) under an id map. HNSW cannot remove, so removals become tombstones that
+searches skip with an `IDSelector` (filtered inside the graph walk, so `k` results still
+come back); once tombstones pass `tombstone_fraction` of the index it is rebuilt from its
+live vectors (as Flat again if it has shrunk below `flat_max / 2`). A rebuild copies the
+live vectors under the partition's lock, builds the new index *without* holding it
+(searches and mutations keep using the old one and mutations are logged), then replays
+the log and swaps. It runs in the worker thread of the mutation that triggered it, so
+that one call waits for the build; nothing else does.
+
+Threads. FAISS mutations are not thread-safe: every partition has its own lock, and a
+registry lock guards the key <-> id maps (lock order: partition, then registry; never two
+partitions). Blocking FAISS work runs in a worker thread (`asyncio.to_thread`, or the
+`executor` given), except for small Flat partitions (at most `inline_max` vectors, 2048 by
+default), which run inline on the event loop: measured here (384 dims, one thread), a
+Flat search takes ~5 us at 10 vectors, ~55 us at 1024 and ~80 us at 2048, while a hop to
+a worker thread and back costs 60-110 us and a loop wake-up. Locks of such partitions are
+only ever held for microseconds, so waiting on one inline is harmless.
+
+OpenMP. FAISS parallelises with OpenMP, whose thread count is per calling thread. A
+single-vector search on a busy machine with OpenMP on every core is ~100x slower than on
+one thread (barrier spinning), and the proxy already parallelises across requests, so
+searches run with `search_threads` (1) and only bulk builds use `build_threads`.
+
+Memory: a vector costs 4 * dim bytes (Flat) plus ~8 * hnsw_m bytes of graph (HNSW), plus
+~200 bytes of Python bookkeeping per key. A rebuild transiently holds the old index, a
+copy of the live vectors and the new index.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
+from typing import Protocol, TypeVar, runtime_checkable
+
+import faiss
+import numpy as np
+
+from cache.entry import Key
+
+log = logging.getLogger("stratacache.semantic_index")
+
+T = TypeVar("T")
+
+# Replaying a rebuild's log under the lock only once it is this short (in vectors).
+_REPLAY_UNDER_LOCK = 1024
+# Batches smaller than this add with one OpenMP thread (a parallel region costs more).
+_PARALLEL_ADD_MIN = 256
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Nearest-neighbour search over L2-normalised float32 vectors, partitioned.
+
+    Returns keys, not values. Scores are cosine similarities, best first.
+    """
+
+    async def add(self, key: Key, vector: np.ndarray, partition: str) -> None: ...
+
+    async def search(self, vector: np.ndarray, partition: str, k: int) -> list[tuple[Key, float]]: ...
+
+    async def remove(self, key: Key) -> bool: ...
+
+
+def _remove_ids(index: faiss.Index, hnsw: bool, tombstones: set[int], ids: np.ndarray) -> None:
+    """Partition lock held. HNSW cannot remove: its removed ids become tombstones."""
+    if hnsw:
+        tombstones.update(ids.tolist())
+    else:
+        index.remove_ids(ids)
+
+
+class _Partition:
+    """One partition's FAISS index and its bookkeeping. Fields marked (P) are guarded by
+    `lock`, (R) by the registry lock of the owning `SemanticIndex`."""
+
+    __slots__ = ("name", "lock", "index", "hnsw", "tombstones", "selector", "log", "keys", "pending")
+
+    def __init__(self, name: str, index: faiss.Index) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.index = index  # (P) IndexIDMap2 over IndexFlatIP or IndexHNSWFlat
+        self.hnsw = False  # (P)
+        self.tombstones: set[int] = set()  # (P) removed ids still in the HNSW graph
+        self.selector: tuple[faiss.IDSelector, faiss.IDSelector] | None = None  # (P) cached "not a tombstone"
+        self.log: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # (P) ops during a rebuild
+        self.keys: set[Key] = set()  # (R) live keys
+        self.pending = 0  # (R) adds in flight: keeps an empty partition from being dropped
+
+
+class SemanticIndex:
+    """In-process `VectorIndex`: a FAISS index per partition (see the module docstring)."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        flat_max: int = 50_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 40,
+        ef_search: int = 64,
+        tombstone_fraction: float = 0.2,
+        inline_max: int = 2048,
+        search_threads: int = 1,
+        build_threads: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError("dim must be positive")
+        if flat_max < 1:
+            raise ValueError("flat_max must be at least 1")
+        if not 0.0 < tombstone_fraction <= 1.0:
+            raise ValueError("tombstone_fraction must be in (0, 1]")
+        self.dim = dim
+        self.flat_max = flat_max
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.tombstone_fraction = tombstone_fraction
+        self.inline_max = inline_max
+        self.search_threads = search_threads
+        self.build_threads = build_threads if build_threads is not None else (os.cpu_count() or 1)
+        self._executor = executor
+        self._registry = threading.Lock()
+        self._parts: dict[str, _Partition] = {}
+        self._by_key: dict[Key, tuple[_Partition, int]] = {}
+        self._by_id: dict[int, Key] = {}
+        self._next_id = itertools.count(1)
+        self.rebuilds = 0
+        """Number of completed rebuilds (Flat -> HNSW, tombstone compactions)."""
+
+    # -- the VectorIndex protocol ----------------------------------------------------------
+    async def add(self, key: Key, vector: np.ndarray, partition: str) -> None:
+        await self.add_many([key], vector, partition)
+
+    async def search(self, vector: np.ndarray, partition: str, k: int) -> list[tuple[Key, float]]:
+        """Up to `k` (key, cosine) pairs from `partition` only, best first."""
+        q = self._matrix(vector)
+        if q.shape[0] != 1:
+            raise ValueError("search takes one vector")
+        part = self._parts.get(partition)
+        if part is None or k <= 0:
+            return []
+        return await self._call(self._inline(part, 0), self._search_blocking, part, q, k)
+
+    async def remove(self, key: Key) -> bool:
+        return await self.remove_many([key]) == 1
+
+    # -- batches -----------------------------------------------------------------------------
+    async def add_many(self, keys: Sequence[Key], vectors: np.ndarray, partition: str) -> int:
+        """Add or replace `keys` (row i of `vectors` for key i) in `partition`.
+
+        Returns how many were added or changed (identical re-adds are skipped). The last
+        occurrence of a key repeated within the batch wins.
+        """
+        x = self._matrix(vectors)
+        if len(keys) != x.shape[0]:
+            raise ValueError(f"{len(keys)} keys for {x.shape[0]} vectors")
+        if not keys:
+            return 0
+        if len(set(keys)) != len(keys):
+            last = {k: i for i, k in enumerate(keys)}
+            keys, x = list(last), x[list(last.values())]
+        part = self._parts.get(partition)
+        inline = self._inline(part, len(keys)) if part is not None else len(keys) <= min(self.inline_max, self.flat_max)
+        return await self._call(inline, self._add_blocking, partition, list(keys), x)
+
+    async def remove_many(self, keys: Iterable[Key]) -> int:
+        """Remove `keys` from whichever partitions hold them; returns how many were indexed."""
+        removed = self._detach(keys)
+        if not removed:
+            return 0
+        inline = all(self._inline(p, 0) for p in removed)
+        await self._call(inline, self._remove_blocking, removed)
+        return sum(len(ids) for ids in removed.values())
+
+    # -- inspection ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def sizes(self) -> dict[str, int]:
+        """Live entries per partition."""
+        with self._registry:
+            return {name: len(p.keys) for name, p in self._parts.items()}
+
+    def partitions(self) -> list[str]:
+        with self._registry:
+            return list(self._parts)
+
+    def keys_in(self, partition: str) -> list[Key]:
+        with self._registry:
+            part = self._parts.get(partition)
+            return list(part.keys) if part is not None else []
+
+    def keys(self) -> list[Key]:
+        """A snapshot of every indexed key."""
+        with self._registry:
+            return list(self._by_key)
+
+    def partition_of(self, key: Key) -> str | None:
+        entry = self._by_key.get(key)
+        return entry[0].name if entry is not None else None
+
+    def kind(self, partition: str) -> str | None:
+        """"flat" or "hnsw" (None for an unknown partition)."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None
+        return "hnsw" if part.hnsw else "flat"
+
+    def tombstones(self, partition: str) -> int:
+        part = self._parts.get(partition)
+        if part is None:
+            return 0
+        with part.lock:
+            return len(part.tombstones)
+
+    def get_vector(self, key: Key) -> np.ndarray | None:
+        """The stored vector of `key`, or None. Blocking (takes the partition's lock)."""
+        entry = self._by_key.get(key)
+        if entry is None:
+            return None
+        part, vid = entry
+        with part.lock:
+            try:
+                return part.index.reconstruct(vid)
+            except RuntimeError:  # replaced or removed meanwhile
+                return None
+
+    def search_all_partitions(self, vector: np.ndarray, min_score: float) -> list[tuple[Key, str, float]]:
+        """Every (key, partition, score) with score >= min_score, across all partitions,
+        best first. For the admin "ban by meaning" sweep; blocking: run it in a thread."""
+        q = self._matrix(vector)
+        if q.shape[0] != 1:
+            raise ValueError("search_all_partitions takes one vector")
+        faiss.omp_set_num_threads(self.search_threads)
+        with self._registry:
+            parts = list(self._parts.values())
+        out: list[tuple[Key, str, float]] = []
+        for part in parts:
+            with part.lock:
+                hits = self._range_locked(part, q, min_score)
+            with self._registry:
+                for vid, score in hits:
+                    key = self._by_id.get(vid)
+                    if key is not None:
+                        out.append((key, part.name, score))
+        out.sort(key=lambda h: -h[2])
+        return out
+
+    # -- blocking work (inline or in a worker thread) -----------------------------------------
+    def _add_blocking(self, partition: str, keys: list[Key], x: np.ndarray) -> int:
+        with self._registry:
+            part = self._parts.get(partition)
+            if part is None:
+                part = self._parts[partition] = _Partition(partition, self._new_flat())
+            part.pending += 1
+            same = [(i, e[1]) for i, k in enumerate(keys) if (e := self._by_key.get(k)) is not None and e[0] is part]
+        try:
+            faiss.omp_set_num_threads(self.build_threads if len(keys) >= _PARALLEL_ADD_MIN else 1)
+            with part.lock:
+                if same:
+                    keep = np.ones(len(keys), dtype=bool)
+                    for i, vid in same:
+                        try:
+                            keep[i] = not np.array_equal(part.index.reconstruct(vid), x[i])
+                        except RuntimeError:
+                            pass
+                    if not keep.all():
+                        keys = [k for k, kept in zip(keys, keep) if kept]
+                        x = x[keep]
+                ids = np.fromiter((next(self._next_id) for _ in keys), dtype=np.int64, count=len(keys))
+                if len(keys):
+                    part.index.add_with_ids(x, ids)
+                    if part.log is not None:
+                        part.log.append((ids, x.copy()))  # x may be the caller's array
+        except BaseException:
+            with self._registry:
+                part.pending -= 1
+                self._drop_if_empty(part)
+            raise
+        stale: dict[_Partition, list[int]] = {}
+        with self._registry:
+            part.pending -= 1
+            for key, vid in zip(keys, ids.tolist()):
+                prev = self._by_key.get(key)
+                if prev is not None:
+                    stale.setdefault(prev[0], []).append(prev[1])
+                    del self._by_id[prev[1]]
+                    if prev[0] is not part:
+                        prev[0].keys.discard(key)
+                        self._drop_if_empty(prev[0])
+                self._by_key[key] = (part, vid)
+                self._by_id[vid] = key
+                part.keys.add(key)
+            self._drop_if_empty(part)  # only when every add was skipped on an empty partition
+        if stale:
+            self._remove_blocking(stale)
+        self._maybe_rebuild(part)
+        return len(keys)
+
+    def _detach(self, keys: Iterable[Key]) -> dict[_Partition, list[int]]:
+        """Unmap `keys` (registry only); returns the FAISS ids to remove, by partition."""
+        removed: dict[_Partition, list[int]] = {}
+        with self._registry:
+            for key in keys:
+                entry = self._by_key.pop(key, None)
+                if entry is None:
+                    continue
+                part, vid = entry
+                del self._by_id[vid]
+                part.keys.discard(key)
+                removed.setdefault(part, []).append(vid)
+            for part in removed:
+                self._drop_if_empty(part)
+        return removed
+
+    def _remove_blocking(self, removed: dict[_Partition, list[int]]) -> None:
+        for part, vids in removed.items():
+            ids = np.asarray(vids, dtype=np.int64)
+            with part.lock:
+                _remove_ids(part.index, part.hnsw, part.tombstones, ids)
+                if part.hnsw:
+                    part.selector = None
+                if part.log is not None:
+                    part.log.append((ids, None))
+            self._maybe_rebuild(part)
+
+    def _search_blocking(self, part: _Partition, q: np.ndarray, k: int) -> list[tuple[Key, float]]:
+        faiss.omp_set_num_threads(self.search_threads)
+        with part.lock:
+            if part.hnsw:
+                dist, ids = part.index.search(q, k, params=self._hnsw_params(part, k))
+            else:
+                dist, ids = part.index.search(q, k)
+        out: list[tuple[Key, float]] = []
+        with self._registry:
+            for vid, score in zip(ids[0].tolist(), dist[0].tolist()):
+                key = self._by_id.get(vid) if vid >= 0 else None
+                if key is not None:  # unmapped: removed, replaced, or not yet registered
+                    out.append((key, score))
+        return out
+
+    def _range_locked(self, part: _Partition, q: np.ndarray, min_score: float) -> list[tuple[int, float]]:
+        if not part.hnsw:
+            # range_search keeps scores strictly above the radius for inner products
+            lims, dist, ids = part.index.range_search(q, float(np.nextafter(np.float32(min_score), np.float32(-2))))
+            return [(i, s) for i, s in zip(ids.tolist(), dist.tolist()) if s >= min_score]
+        # HNSW has no range search: widen k until the worst hit falls below min_score
+        k = 64
+        total = part.index.ntotal
+        while True:
+            dist, ids = part.index.search(q, k, params=self._hnsw_params(part, k))
+            hits = [(i, s) for i, s in zip(ids[0].tolist(), dist[0].tolist()) if i >= 0 and s >= min_score]
+            if len(hits) < k or k >= total:
+                return hits
+            k *= 4
+
+    def _hnsw_params(self, part: _Partition, k: int) -> faiss.SearchParametersHNSW:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)
+        if part.tombstones:
+            if part.selector is None:
+                batch = faiss.IDSelectorBatch(np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
+                part.selector = (batch, faiss.IDSelectorNot(batch))  # keep `batch` alive
+            params.sel = part.selector[1]
+        return params
+
+    # -- rebuilds -------------------------------------------------------------------------------
+    def _maybe_rebuild(self, part: _Partition) -> None:
+        with part.lock:
+            if part.log is not None:
+                return  # one is running
+            total = part.index.ntotal
+            if part.hnsw:
+                if len(part.tombstones) <= self.tombstone_fraction * total:
+                    return
+            elif total <= self.flat_max:
+                return
+            was_hnsw = part.hnsw
+            ids = faiss.vector_to_array(part.index.id_map).astype(np.int64, copy=False)
+            x = part.index.index.reconstruct_n(0, total)
+            if part.tombstones:
+                live = ~np.isin(ids, np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
+                ids, x = ids[live], x[live]
+            part.log = []
+        to_hnsw = len(ids) > (self.flat_max // 2 if was_hnsw else self.flat_max)
+        started = time.perf_counter()
+        try:
+            faiss.omp_set_num_threads(self.build_threads)
+            new = self._new_hnsw() if to_hnsw else self._new_flat()
+            new.add_with_ids(x, ids)
+            del x
+            tombstones: set[int] = set()
+            while True:
+                with part.lock:
+                    ops, part.log = part.log, []
+                    if sum(len(op[0]) for op in ops) <= _REPLAY_UNDER_LOCK:
+                        self._replay(ops, new, to_hnsw, tombstones)
+                        part.index, part.hnsw, part.tombstones = new, to_hnsw, tombstones
+                        part.selector = None
+                        part.log = None
+                        self.rebuilds += 1
+                        break
+                self._replay(ops, new, to_hnsw, tombstones)  # long logs: off the lock, then again
+        except BaseException:
+            with part.lock:
+                part.log = None
+            raise
+        log.info("rebuilt partition index", extra={
+            "kind": "hnsw" if to_hnsw else "flat", "vectors": len(ids), "seconds": time.perf_counter() - started})
+
+    @staticmethod
+    def _replay(ops: list[tuple[np.ndarray, np.ndarray | None]], index: faiss.Index, hnsw: bool,
+                tombstones: set[int]) -> None:
+        for ids, x in ops:
+            if x is not None:
+                index.add_with_ids(x, ids)
+            else:
+                _remove_ids(index, hnsw, tombstones, ids)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _new_flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def _new_hnsw(self) -> faiss.Index:
+        inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = self.ef_construction
+        inner.hnsw.efSearch = self.ef_search
+        return faiss.IndexIDMap2(inner)
+
+    def _drop_if_empty(self, part: _Partition) -> None:
+        """Registry lock held. Forget a partition with no keys and no add in flight."""
+        if not part.keys and part.pending == 0 and self._parts.get(part.name) is part:
+            del self._parts[part.name]
+
+    def _inline(self, part: _Partition, adding: int) -> bool:
+        n = len(part.keys) + adding
+        return not part.hnsw and n <= self.inline_max and n <= self.flat_max
+
+    async def _call(self, inline: bool, fn: Callable[..., T], *args: object) -> T:
+        if inline:
+            return fn(*args)
+        if self._executor is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.to_thread(fn, *args)
+
+    def _matrix(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of dimension {self.dim}, got shape {np.shape(vectors)}")
+        return np.ascontiguousarray(x)

@@ -1,0 +1,156 @@
+"""Tiered lookup: L1 -> L2 -> L3, and the commit of a completed answer to every layer.
+
+Fail open: a layer that raises `LayerError` (or an embedder/index that fails or passes
+its deadline) is a miss for this request, logged and counted through `events`; it never
+fails the request.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache.bans import BanList
+from cache.entry import MISS, Entry, Key, Miss
+from cache.layer import Layer, LayerError
+from cache.memory_layer import MemoryLayer
+from policies.freshness import Freshness, freshness
+
+log = logging.getLogger("stratacache.cache")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    entry: Entry
+    layer: str  # "L1" | "L2" | "L3"
+    key: Key
+    stale: bool = False
+    similarity: float | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticProbe:
+    """What the semantic stage learnt on a miss: the query vector (reused at commit, so
+    a text is never embedded twice in one request), the best candidate's similarity and
+    the verdict on it."""
+
+    vector: np.ndarray | None = None
+    best_similarity: float | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    hit: Hit | None
+    probe: SemanticProbe
+
+
+NO_PROBE = SemanticProbe()
+
+
+class LayerEvents:
+    """Counters the tiered cache reports to (metrics live in the proxy)."""
+
+    def layer_error(self, layer: str, op: str, exc: BaseException) -> None: ...
+
+    def banned_hit(self, layer: str) -> None: ...
+
+
+class TieredCache:
+    def __init__(self, *, l1: MemoryLayer, l2: Layer | None, semantic: "SemanticStage | None", bans: BanList,
+                 clock: Callable[[], float], events: LayerEvents) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self.semantic = semantic
+        self.bans = bans
+        self.clock = clock
+        self.events = events
+
+    def _judge(self, entry: Entry, layer: str, key: Key, now: float, max_age: float | None) -> Hit | None:
+        if self.bans.blocks(entry):
+            self.events.banned_hit(layer)
+            return None
+        f = freshness(entry.created_at, entry.ttl, entry.grace, now, max_age)
+        if f is Freshness.EXPIRED:
+            return None
+        return Hit(entry=entry, layer=layer, key=key, stale=f is Freshness.GRACE)
+
+    def l1_hit(self, key: Key, max_age: float | None) -> Hit | None:
+        """The synchronous fast path."""
+        e = self.l1.get_now(key)
+        if not e:
+            return None
+        return self._judge(e, "L1", key, self.clock(), max_age)
+
+    async def exact(self, key: Key, max_age: float | None) -> Hit | None:
+        hit = self.l1_hit(key, max_age)
+        if hit is not None or self.l2 is None:
+            return hit
+        try:
+            e = await self.l2.get(key)
+        except LayerError as exc:
+            self.events.layer_error("L2", "get", exc)
+            return None
+        if not e:
+            return None
+        hit = self._judge(e, "L2", key, self.clock(), max_age)
+        if hit is not None:
+            await self.l1.set(key, e)  # backfill; L1 keeps the entry's own purge time
+        return hit
+
+    async def get_entry(self, key: Key) -> Entry | Miss:
+        """Any layer's copy of an entry (for semantic candidates); errors are a miss."""
+        e = self.l1.get_now(key)
+        if e or self.l2 is None:
+            return e
+        try:
+            e = await self.l2.get(key)
+        except LayerError as exc:
+            self.events.layer_error("L2", "get", exc)
+            return MISS
+        if e:
+            await self.l1.set(key, e)
+        return e
+
+    async def lookup(self, *, key: Key, max_age: float | None, semantic_text: str | None, partition: str,
+                     threshold: float) -> Lookup:
+        hit = await self.exact(key, max_age)
+        if hit is not None:
+            return Lookup(hit, NO_PROBE)
+        if semantic_text is None or self.semantic is None:
+            return Lookup(None, NO_PROBE)
+        return await self.semantic.lookup(self, text=semantic_text, partition=partition, threshold=threshold,
+                                          max_age=max_age)
+
+    async def commit(self, key: Key, entry: Entry, vector: np.ndarray | None) -> None:
+        await self.l1.set(key, entry)
+        if self.l2 is not None:
+            try:
+                await self.l2.set(key, entry)
+            except LayerError as exc:
+                self.events.layer_error("L2", "set", exc)
+        if self.semantic is not None and entry.meta.semantic_text is not None:
+            await self.semantic.add(key, entry, vector)
+
+    async def delete(self, key: Key) -> bool:
+        found = await self.l1.delete(key)
+        if self.l2 is not None:
+            try:
+                found = await self.l2.delete(key) or found
+            except LayerError as exc:
+                self.events.layer_error("L2", "delete", exc)
+        if self.semantic is not None:
+            await self.semantic.remove(key)
+        return found
+
+    async def aclose(self) -> None:
+        await self.l1.aclose()
+        if self.l2 is not None:
+            await self.l2.aclose()
+
+
+# imported late for the type name only
+from cache.semantic_stage import SemanticStage  # noqa: E402

@@ -1,0 +1,206 @@
+"""The cached routes: POST /v1/chat/completions and /v1/completions.
+
+HTTP in, a `Decision` from policies, a lookup through the tiered cache, and either a
+replayed entry or a (possibly coalesced) upstream call out. No caching logic lives here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from cache.flight import Flight
+from cache.tiered import Hit, Lookup, NO_PROBE
+from policies.cache_control import parse_cache_control
+from policies.decision import Decision, decide, parse_tags
+from policies.freshness import age_seconds
+from proxy.errors import error_frames, error_response
+from proxy.protocol import InvalidRequest, validate
+from proxy.pump import FetchJob, upstream_payload
+from proxy.replay import entry_response, sse_bytes
+from proxy.services import Services
+
+log = logging.getLogger("stratacache.access")
+
+PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+_NS_MAX = 128
+
+
+def _namespace(value: str | None) -> str:
+    if value is None:
+        return ""
+    v = value.strip()
+    if len(v) > _NS_MAX or not v.isprintable():
+        raise InvalidRequest(f"X-Cache-Namespace must be at most {_NS_MAX} printable characters", "X-Cache-Namespace")
+    return v
+
+
+async def handle(request: Request, route: str, svc: Services) -> Response:
+    t0 = time.perf_counter()
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    status_label, layer = "ERROR", ""
+    resp: Response | None = None
+    d: Decision | None = None
+    try:
+        resp, status_label, layer, d = await _handle(request, route, svc, rid)
+        return resp
+    finally:
+        dt = time.perf_counter() - t0
+        code = resp.status_code if resp is not None else 500
+        m = svc.metrics
+        m.requests.labels(route, str(code), status_label, layer).inc()
+        if not isinstance(resp, StreamingResponse):
+            m.latency.labels(status_label).observe(dt)
+            m.ttfb.labels(status_label).observe(dt)
+        if svc.access_log:
+            rec = {"request_id": rid, "route": route, "status": code, "cache": status_label, "layer": layer,
+                   "ms": round(dt * 1000, 3)}
+            if d is not None:
+                rec["tenant"] = d.tenant
+                rec["model"] = d.model
+                if svc.settings.log_prompts and d.keys.semantic_text is not None:
+                    rec["prompt"] = d.keys.semantic_text
+            log.info("request", extra=rec)
+
+
+async def _handle(request: Request, route: str, svc: Services, rid: str) -> tuple[Response, str, str, Decision | None]:
+    base_headers = {"x-request-id": rid}
+    raw = await request.body()
+    limits = svc.settings.limits
+    if len(raw) > limits.max_body_bytes:
+        svc.metrics.rejected.labels("body_size").inc()
+        return (error_response(413, f"request body exceeds {limits.max_body_bytes} bytes", code="request_too_large",
+                               headers=base_headers), "BYPASS", "", None)
+    try:
+        body = orjson.loads(raw)
+        validate(route, body)
+        namespace = _namespace(request.headers.get("x-cache-namespace"))
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"invalid JSON body: {exc}", headers=base_headers), "BYPASS", "", None
+    except InvalidRequest as exc:
+        return error_response(400, str(exc), param=exc.param, headers=base_headers), "BYPASS", "", None
+    ceiling = limits.max_tokens_ceiling
+    if ceiling is not None:
+        for f in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(f), int) and body[f] > ceiling:
+                svc.metrics.rejected.labels("max_tokens").inc()
+                return (error_response(400, f"{f} exceeds this proxy's ceiling of {ceiling}", param=f,
+                                       code="max_tokens_exceeded", headers=base_headers), "BYPASS", "", None)
+
+    tenant = svc.tenant_of(request.headers)
+    d = decide(route=route, body=body, tenant=tenant, namespace=namespace,
+               cc=parse_cache_control(request.headers.get("cache-control")),
+               tags=parse_tags(request.headers.get("x-cache-tags")),
+               resolved=svc.resolve(body.get("model", ""), route, namespace),
+               cacheability=svc.settings.cacheability, semantic_enabled=svc.cache.semantic is not None)
+
+    look = Lookup(None, NO_PROBE)
+    if d.read:
+        look = await svc.cache.lookup(key=d.keys.key, max_age=d.max_age,
+                                      semantic_text=d.keys.semantic_text if d.semantic else None,
+                                      partition=d.keys.partition, threshold=d.threshold)
+        svc.observe_probe(look, d)
+        if look.hit is not None:
+            return _hit_response(look.hit, d, svc, request, raw, body, base_headers), \
+                ("STALE" if look.hit.stale else "HIT"), look.hit.layer, d
+        svc.metrics.misses.inc()
+
+    if not svc.admit(tenant):
+        svc.metrics.rejected.labels("tenant_concurrency").inc()
+        return (error_response(429, "too many concurrent requests for this API key", "rate_limit_exceeded",
+                               code="rate_limit_exceeded", headers={**base_headers, "retry-after": "1"}),
+                "BYPASS", "", d)
+    try:
+        resp, status = await _fetch(request, route, raw, body, d, look, svc, base_headers)
+    except BaseException:
+        svc.release(tenant)
+        raise
+    if isinstance(resp, StreamingResponse):
+        resp.background = None
+        _release_after_stream(resp, svc, tenant)
+    else:
+        svc.release(tenant)
+    return resp, status, "", d
+
+
+def _release_after_stream(resp: StreamingResponse, svc: Services, tenant: str) -> None:
+    inner = resp.body_iterator
+
+    async def wrapped():
+        try:
+            async for chunk in inner:
+                yield chunk
+        finally:
+            svc.release(tenant)
+
+    resp.body_iterator = wrapped()
+
+
+def _hit_headers(hit: Hit, svc: Services, base: dict[str, str]) -> dict[str, str]:
+    h = {**base, "x-cache-status": "STALE" if hit.stale else "HIT", "x-cache-layer": hit.layer,
+         "age": str(age_seconds(hit.entry.created_at, svc.clock()))}
+    if hit.similarity is not None:
+        h["x-cache-similarity"] = f"{hit.similarity:.4f}"
+        h["x-cache-verdict"] = hit.verdict or "ok"
+    return h
+
+
+def _hit_response(hit: Hit, d: Decision, svc: Services, request: Request, raw: bytes, body: dict,
+                  base: dict[str, str]) -> Response:
+    svc.metrics.hits.labels(hit.layer).inc()
+    svc.metrics.tokens_saved.inc(hit.entry.meta.completion_tokens)
+    if hit.stale:
+        svc.refresh_in_background(d, FetchJob(PATHS[d.route], upstream_payload(body, raw, d.stream),
+                                              request.headers, d, None))
+    return entry_response(hit.entry, stream=d.stream, include_usage=d.include_usage,
+                          headers=_hit_headers(hit, svc, base))
+
+
+async def _fetch(request: Request, route: str, raw: bytes, body: dict, d: Decision, look: Lookup, svc: Services,
+                 base: dict[str, str]) -> tuple[Response, str]:
+    flight, leader = svc.join_flight(d, FetchJob(PATHS[route], upstream_payload(body, raw, d.stream),
+                                                 request.headers, d, look.probe.vector))
+    status = "BYPASS" if d.bypass else ("MISS" if leader else "COALESCED")
+    headers = {**base, "x-cache-status": status}
+    if look.probe.verdict and look.probe.verdict != "ok":
+        headers["x-cache-verdict"] = look.probe.verdict
+    if not leader:
+        svc.metrics.coalesced.inc()
+    try:
+        up = await flight.upstart
+    except BaseException:
+        flight.unsubscribe()
+        raise
+    if d.stream and up.streaming and up.status == 200:
+        return StreamingResponse(_follow(flight, d.include_usage), status_code=200,
+                                 headers={**up.headers, **headers, "cache-control": "no-cache"},
+                                 media_type="text/event-stream"), status
+    try:
+        outcome = await flight.wait()
+    finally:
+        flight.unsubscribe()
+    if outcome.entry is not None:
+        if d.stream:
+            return Response(sse_bytes(outcome.entry, d.include_usage), media_type="text/event-stream",
+                            headers=headers), status
+        return Response(outcome.entry.body, media_type="application/json", headers=headers), status
+    return Response(outcome.body, status_code=outcome.status, media_type="application/json", headers=headers), status
+
+
+async def _follow(flight: Flight, include_usage: bool):
+    """One subscriber's view of a streaming flight: every event as it arrives."""
+    try:
+        async for ev, kind in flight.follow():
+            if kind == "usage" and not include_usage:
+                continue
+            yield ev
+        o = flight.outcome
+        if o is not None and o.error is not None:
+            yield error_frames(o.error)
+    finally:
+        flight.unsubscribe()

@@ -1,0 +1,144 @@
+"""The upstream pump behind a `Flight`: sends one request upstream, pushes SSE events
+into the flight as they arrive (a tee: subscribers forward them at once, a recorder
+assembles them), and on a clean end commits the entry to every layer, then finishes
+the flight. An upstream error, a broken stream or a cancellation commits nothing."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from cache.entry import Entry, EntryMeta
+from cache.flight import Flight, Outcome, Upstart
+from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
+from cache.tiered import TieredCache
+from policies.decision import Decision
+from proxy.errors import error_body
+from proxy.metrics import Metrics
+from proxy.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("stratacache.pump")
+
+PASS_HEADERS = ("content-type", "openai-processing-ms", "openai-version", "x-request-id", "openai-organization")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchJob:
+    path: str
+    payload: bytes
+    headers: Mapping[str, str]
+    decision: Decision
+    vector: np.ndarray | None
+
+
+def upstream_payload(body: dict, raw: bytes, stream: bool) -> bytes:
+    """The request as sent upstream: unchanged, except that a stream always asks for the
+    usage chunk (stored with the entry; forwarded only to clients that asked for it)."""
+    if not stream:
+        return raw
+    so = body.get("stream_options")
+    if isinstance(so, dict) and so.get("include_usage") is True:
+        return raw
+    return orjson.dumps({**body, "stream_options": {**(so if isinstance(so, dict) else {}), "include_usage": True}})
+
+
+def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | None, usage_frame: bytes | None,
+               now: float) -> Entry:
+    if frames is None:
+        frames, usage_frame = frames_from_body(d.route, parsed)
+    usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else {}
+    return Entry(
+        body=body, frames=tuple(frames), usage_frame=usage_frame, created_at=now, ttl=d.ttl_s, grace=d.grace_s,
+        meta=EntryMeta(tenant=d.tenant, namespace=d.namespace, route=d.route, model=d.model,
+                       partition=d.keys.partition, semantic_text=d.keys.semantic_text, tags=d.tags,
+                       completion_tokens=int(usage.get("completion_tokens") or 0)),
+    )
+
+
+class Pump:
+    def __init__(self, *, upstream: Upstream, cache: TieredCache, metrics: Metrics, clock: Callable[[], float],
+                 max_entry_bytes: int) -> None:
+        self.upstream = upstream
+        self.cache = cache
+        self.metrics = metrics
+        self.clock = clock
+        self.max_entry_bytes = max_entry_bytes
+
+    async def run(self, flight: Flight, job: FetchJob) -> None:
+        self.metrics.inflight.inc()
+        try:
+            await self._run(flight, job)
+        except asyncio.CancelledError:
+            flight.finish(Outcome(499, error_body("request cancelled", "cancelled"), error="cancelled"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug here must not hang subscribers
+            log.exception("pump failed")
+            flight.finish(Outcome(502, error_body(f"proxy error: {type(exc).__name__}", "proxy_error"), error="proxy"))
+        finally:
+            self.metrics.inflight.dec()
+
+    async def _run(self, flight: Flight, job: FetchJob) -> None:
+        d = job.decision
+        try:
+            resp = await self.upstream.open("POST", job.path, content=job.payload, headers=job.headers)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(exc.code).inc()
+            flight.finish(Outcome(exc.status, error_body(str(exc), "upstream_error", code=exc.code), error=exc.code))
+            return
+        try:
+            headers = {k: v for k, v in resp.headers.items() if k.lower() in PASS_HEADERS}
+            if resp.status_code != 200:
+                self.metrics.upstream_errors.labels(f"http_{resp.status_code}").inc()
+                body = await Upstream.read(resp)
+                flight.finish(Outcome(resp.status_code, body))  # forwarded as sent, never cached
+                return
+            if "text/event-stream" in resp.headers.get("content-type", ""):
+                await self._stream(flight, job, resp, headers)
+            else:
+                await self._json(flight, job, resp)
+        except UpstreamError as exc:
+            self.metrics.upstream_errors.labels(exc.code).inc()
+            flight.finish(Outcome(exc.status, error_body(str(exc), "upstream_error", code=exc.code), error=exc.code))
+        finally:
+            await resp.aclose()
+
+    async def _stream(self, flight: Flight, job: FetchJob, resp, headers: dict[str, str]) -> None:
+        d = job.decision
+        flight.start(Upstart(200, headers, True))
+        rec = SSERecorder(d.route)
+        split = SSESplitter()
+        async for chunk in Upstream.iter_body(resp, decoded=True):
+            for ev in split.feed(chunk):
+                flight.push(ev, rec.feed_event(ev))
+        if not rec.complete:
+            self.metrics.upstream_errors.labels("truncated_stream").inc()
+            flight.finish(Outcome(502, error_body("upstream stream ended before completion", "upstream_error",
+                                                  code="upstream_truncated"), error="upstream stream ended early"))
+            return
+        assembled = rec.assembled()
+        entry = make_entry(d, orjson.dumps(assembled), assembled, rec.frames, rec.usage_frame, self.clock())
+        await self._commit(job, entry)
+        flight.finish(Outcome(200, entry.body, entry=entry))
+
+    async def _json(self, flight: Flight, job: FetchJob, resp) -> None:
+        body = await Upstream.read(resp)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict) or not response_is_complete(parsed):
+            flight.finish(Outcome(200, body))  # served, not stored
+            return
+        entry = make_entry(job.decision, body, parsed, None, None, self.clock())
+        await self._commit(job, entry)
+        flight.finish(Outcome(200, body, entry=entry))
+
+    async def _commit(self, job: FetchJob, entry: Entry) -> None:
+        """Before the flight finishes, so the next request (on any replica) finds it."""
+        if not job.decision.write or entry.size > self.max_entry_bytes:
+            return
+        await self.cache.commit(job.decision.keys.key, entry, job.vector)

@@ -1,0 +1,218 @@
+"""Everything one proxy process holds, built from `Settings` at start and closed at exit.
+Owned by the app instance (no module-level singletons)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cache.bans import BanList
+from cache.breaker import CircuitBreaker
+from cache.flight import Coalescer, Flight
+from cache.memory_layer import MemoryLayer
+from cache.tiered import Lookup, TieredCache
+from policies.decision import Decision
+from policies.keys import ANONYMOUS_TENANT, tenant_from_token
+from policies.rules import Resolved, resolve
+from proxy.metrics import Metrics
+from proxy.pump import FetchJob, Pump
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+
+log = logging.getLogger("stratacache.services")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Callable[[], float]
+    metrics: Metrics
+    upstream: Upstream
+    cache: TieredCache
+    coalescer: Coalescer
+    pump: Pump
+    bans: BanList
+    redis: Any = None
+    embedded_redis: Any = None
+    vector_store: Any = None
+    ban_bus: Any = None
+    access_log: bool = True
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    _resolved: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
+    _active: dict[str, int] = field(default_factory=dict)
+    _refreshing: set[str] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- policy lookups ----------------------------------------------------------------
+    def tenant_of(self, headers: Mapping[str, str]) -> str:
+        t = self.settings.tenant
+        if t.mode == "shared":
+            return "shared"
+        if t.mode == "header":
+            v = headers.get(t.header)
+            return tenant_from_token(v) if v else ANONYMOUS_TENANT
+        auth = headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else (headers.get("api-key") or "")
+        return tenant_from_token(token)
+
+    def resolve(self, model: Any, route: str, namespace: str) -> Resolved:
+        m = model if isinstance(model, str) else ""
+        k = (m, route, namespace)
+        r = self._resolved.get(k)
+        if r is None:
+            s = self.settings
+            r = resolve(s.rules, s.ttl, s.semantic.threshold, model=m, route=route, namespace=namespace)
+            if len(self._resolved) > 4096:
+                self._resolved.clear()
+            self._resolved[k] = r
+        return r
+
+    def observe_probe(self, look: Lookup, d: Decision) -> None:
+        p = look.probe
+        if p.best_similarity is None:
+            return
+        hit = look.hit is not None and look.hit.layer == "L3"
+        self.metrics.similarity.labels("hit" if hit else "miss").observe(p.best_similarity)
+        if p.verdict:
+            self.metrics.verdicts.labels(p.verdict).inc()
+        if not hit and d.threshold - self.settings.semantic.near_miss_band <= p.best_similarity < d.threshold:
+            self.metrics.near_miss.inc()
+
+    # -- limits --------------------------------------------------------------------------
+    def admit(self, tenant: str) -> bool:
+        cap = self.settings.limits.tenant_concurrency
+        n = self._active.get(tenant, 0)
+        if cap is not None and n >= cap:
+            return False
+        self._active[tenant] = n + 1
+        return True
+
+    def release(self, tenant: str) -> None:
+        n = self._active.get(tenant, 1) - 1
+        if n <= 0:
+            self._active.pop(tenant, None)
+        else:
+            self._active[tenant] = n
+
+    # -- flights ---------------------------------------------------------------------------
+    def join_flight(self, d: Decision, job: FetchJob) -> tuple[Flight, bool]:
+        if d.bypass is not None:
+            flight, leader = Flight(d.keys.key), True
+            flight.subscribe()
+        else:
+            flight, leader = self.coalescer.join(d.keys.key)
+        if leader:
+            flight.task = self.spawn(self.pump.run(flight, job))
+            flight.task.add_done_callback(lambda _t, f=flight: self.coalescer.done(f))
+        return flight, leader
+
+    def refresh_in_background(self, d: Decision, job: FetchJob) -> None:
+        """Grace: one refresh per key, joined by any concurrent miss for it."""
+        key = d.keys.key
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        flight, leader = self.coalescer.join(key)
+
+        async def refresh() -> None:
+            try:
+                await flight.wait()
+            finally:
+                self._refreshing.discard(key)
+                flight.unsubscribe()
+
+        if leader:
+            flight.task = self.spawn(self.pump.run(flight, job))
+            flight.task.add_done_callback(lambda _t, f=flight: self.coalescer.done(f))
+        self.spawn(refresh())
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        self.stopping.set()
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.upstream.aclose()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.embedder.aclose()
+        await self.cache.aclose()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+
+async def build_services(settings: Settings, *, clock: Callable[[], float] = time.time,
+                         embedder: Any = None) -> Services:
+    """Start what the settings ask for. Redis: the given URL, else a bundled redis-server.
+    The semantic layer loads the embedder (or uses the one passed in, for tests)."""
+    metrics = Metrics()
+    l1 = MemoryLayer(settings.l1_max_bytes, clock)
+    bans = BanList()
+    embedded = None
+    redis_client = None
+    l2 = None
+    url = settings.redis.url
+    if url is None:
+        from cache.redis_server import EmbeddedRedis
+
+        embedded = EmbeddedRedis(settings.state_dir)
+        url = await asyncio.to_thread(embedded.start)
+    if url:
+        from cache.redis_layer import RedisLayer, make_client
+
+        redis_client = make_client(url, settings.redis.timeout_s)
+        l2 = RedisLayer(redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+                        breaker=CircuitBreaker(settings.redis.breaker_failures, settings.redis.breaker_reset_s,
+                                               time.monotonic),
+                        clock=clock, observe=lambda op, dt: metrics.dep_latency.labels("redis", op).observe(dt))
+    semantic = None
+    store = None
+    if settings.semantic.enabled:
+        from cache.semantic_index import SemanticIndex
+        from cache.semantic_stage import SemanticStage
+
+        if embedder is None:
+            from embeddings.loader import EmbedderConfig, load_embedder
+
+        if embedder is None:
+            e = settings.semantic.embedder
+            embedder = await asyncio.to_thread(load_embedder, EmbedderConfig(
+                model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s,
+                cache_dir=str(__import__("pathlib").Path(settings.state_dir) / "onnx")))
+        index = SemanticIndex(embedder.dim)
+        if redis_client is not None:
+            from cache.vector_store import RedisVectorStore
+
+            store = RedisVectorStore(redis_client, prefix=settings.redis.prefix)
+        verifier = None
+        if settings.semantic.verify:
+            from policies.verification import verify as verifier
+        semantic = SemanticStage(embedder=embedder, index=index, store=store,
+                                 consider_threshold=min(settings.semantic.consider_threshold,
+                                                        settings.semantic.threshold),
+                                 k=settings.semantic.k, verifier=verifier, events=metrics)
+    cache = TieredCache(l1=l1, l2=l2, semantic=semantic, bans=bans, clock=clock, events=metrics)
+    upstream = Upstream(settings.upstream, connect_timeout_s=settings.upstream_http.connect_timeout_s,
+                        read_timeout_s=settings.upstream_http.read_timeout_s,
+                        max_connections=settings.upstream_http.max_connections)
+    pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
+                max_entry_bytes=settings.cacheability.max_entry_bytes)
+    svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
+                   coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
+                   embedded_redis=embedded, vector_store=store)
+    if store is not None and semantic is not None:
+        try:
+            n = await store.rebuild(semantic.index)
+            log.info("semantic index rebuilt from redis", extra={"entries": n})
+        except Exception as exc:  # noqa: BLE001 - fail open: start empty, follow() catches up
+            metrics.layer_error("vector_store", "rebuild", exc)
+        svc.spawn(store.follow(semantic.index, svc.stopping))
+    return svc

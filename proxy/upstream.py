@@ -1,0 +1,77 @@
+"""The upstream (generation backend) client: one pooled `httpx.AsyncClient`.
+
+Transport failures are translated at this edge into `UpstreamError` with the status a
+client should see (502 connect/protocol, 504 timeout); HTTP errors from the upstream
+are returned as responses, never raised, so they pass through as the upstream sent them.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+                        "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"})
+
+
+class UpstreamError(RuntimeError):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def map_transport_error(exc: httpx.HTTPError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(504, f"upstream timed out ({type(exc).__name__})", "upstream_timeout")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError(502, "upstream unreachable", "upstream_unreachable")
+    return UpstreamError(502, f"upstream failed: {type(exc).__name__}", "upstream_error")
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-cache-")}
+
+
+class Upstream:
+    def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            http2=False,
+        )
+
+    async def open(self, method: str, path: str, *, content: bytes, headers: Mapping[str, str],
+                   params: str | None = None) -> httpx.Response:
+        """Send a request and return the response with its body unread (stream it or read it).
+        Raises UpstreamError on transport failure."""
+        url = path + (f"?{params}" if params else "")
+        try:
+            req = self._client.build_request(method, url, content=content, headers=forward_headers(headers))
+            return await self._client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from exc
+
+    @staticmethod
+    async def iter_body(resp: httpx.Response, *, decoded: bool) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive: decoded (for parsing) or raw (for pass-through,
+        with the upstream's Content-Encoding kept)."""
+        try:
+            async for chunk in (resp.aiter_bytes() if decoded else resp.aiter_raw()):
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from exc
+
+    @staticmethod
+    async def read(resp: httpx.Response) -> bytes:
+        try:
+            return await resp.aread()
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc) from exc
+        finally:
+            await resp.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
