@@ -5,6 +5,12 @@ from cache.entry import Entry
 from policies.invalidation import Ban, ban_matches
 
 
+def matches(ban: Ban, entry: Entry) -> bool:
+    m = entry.meta
+    return ban_matches(ban, created_at=entry.created_at, tags=m.tags, model=m.model, namespace=m.namespace,
+                       tenant=m.tenant, request_digest=m.request_digest)
+
+
 class BanList:
     def __init__(self) -> None:
         self._bans: dict[str, Ban] = {}
@@ -15,9 +21,7 @@ class BanList:
     def blocks(self, entry: Entry) -> bool:
         if not self._bans:
             return False
-        m = entry.meta
-        return any(ban_matches(b, created_at=entry.created_at, tags=m.tags, model=m.model, namespace=m.namespace,
-                               tenant=m.tenant) for b in self._bans.values())
+        return any(matches(b, entry) for b in self._bans.values())
 
     def prune(self, now: float, max_entry_lifetime_s: float) -> None:
         """Drop bans older than any entry can live: nothing they match can still exist."""

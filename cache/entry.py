@@ -49,6 +49,7 @@ class EntryMeta:
     semantic_text: str | None = None
     tags: tuple[str, ...] = ()
     completion_tokens: int = 0
+    request_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class Entry:
                     "semantic_text": m.semantic_text,
                     "tags": list(m.tags),
                     "completion_tokens": m.completion_tokens,
+                    "request_digest": m.request_digest,
                 },
             }
         )
@@ -130,6 +132,7 @@ class Entry:
                 semantic_text=md.get("semantic_text"),
                 tags=tuple(md.get("tags") or ()),
                 completion_tokens=int(md.get("completion_tokens") or 0),
+                request_digest=str(md.get("request_digest") or ""),
             )
             uf = d.get("usage_frame")
             return cls(

@@ -97,6 +97,19 @@ class RedisLayer:
             if cursor == 0:
                 return
 
+    async def stats(self) -> dict:
+        """Entry count (a bounded SCAN: an estimate past 100k) and Redis memory."""
+        n = 0
+        try:
+            async for _ in self.scan():
+                n += 1
+                if n >= 100_000:
+                    break
+            info = await self._call("info", lambda: self.client.info("memory"))
+        except LayerError as exc:
+            return {"error": str(exc)}
+        return {"entries": n, "bytes": int(info.get("used_memory", 0)), "estimate": n >= 100_000}
+
     async def ping(self) -> bool:
         try:
             await self._call("ping", self.client.ping)

@@ -25,6 +25,9 @@ ANONYMOUS_TENANT = "anonymous"
 class RequestKeys:
     key: str
     partition: str
+    request_digest: str
+    """The request contract alone (route + canonical body, no tenant or namespace): what
+    an operator's "purge this request" matches across tenants."""
     semantic_text: str | None
     """The last user turn's text, or None when the request has no semantic form
     (last message not from the user, non-text content parts, token-id prompts)."""
@@ -88,7 +91,9 @@ def request_keys(*, tenant: str, namespace: str, route: str, body: dict) -> Requ
     """Keys for one parsed request body. `route` is "chat" or "completion"."""
     contract = {k: v for k, v in body.items() if k not in TRANSPORT_FIELDS}
     scope = f"{tenant}\x1f{namespace}\x1f{route}".encode()
-    key = _digest(b"exact", scope, canonical_json(contract))
+    canonical = canonical_json(contract)
+    key = _digest(b"exact", scope, canonical)
     rest, text = _split_semantic(route, contract)
     partition = _digest(b"partition", scope, canonical_json(rest))
-    return RequestKeys(key=key, partition=partition, semantic_text=text)
+    return RequestKeys(key=key, partition=partition, request_digest=_digest(b"request", route.encode(), canonical),
+                       semantic_text=text)

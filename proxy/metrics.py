@@ -54,5 +54,12 @@ class Metrics(LayerEvents):
     def banned_hit(self, layer: str) -> None:
         self.banned.labels(layer).inc()
 
+    def count_hits(self) -> dict[str, int]:
+        return {s.labels["layer"]: int(s.value) for m in self.hits.collect() for s in m.samples
+                if s.name.endswith("_total")}
+
+    def count_misses(self) -> int:
+        return int(sum(s.value for m in self.misses.collect() for s in m.samples if s.name.endswith("_total")))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

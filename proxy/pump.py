@@ -55,7 +55,8 @@ def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | Non
         body=body, frames=tuple(frames), usage_frame=usage_frame, created_at=now, ttl=d.ttl_s, grace=d.grace_s,
         meta=EntryMeta(tenant=d.tenant, namespace=d.namespace, route=d.route, model=d.model,
                        partition=d.keys.partition, semantic_text=d.keys.semantic_text, tags=d.tags,
-                       completion_tokens=int(usage.get("completion_tokens") or 0)),
+                       completion_tokens=int(usage.get("completion_tokens") or 0),
+                       request_digest=d.keys.request_digest),
     )
 
 

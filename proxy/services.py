@@ -39,6 +39,7 @@ class Services:
     embedded_redis: Any = None
     vector_store: Any = None
     ban_bus: Any = None
+    invalidator: Any = None
     access_log: bool = True
     tasks: set[asyncio.Task] = field(default_factory=set)
     _resolved: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
@@ -135,6 +136,19 @@ class Services:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    async def stats(self) -> dict:
+        c = self.cache
+        out: dict = {"layers": {"L1": {"entries": len(c.l1), "bytes": c.l1.bytes}},
+                     "hits": self.metrics.count_hits(), "misses": self.metrics.count_misses(),
+                     "bans_active": len(self.bans), "inflight_upstream": len(self.coalescer)}
+        if c.l2 is not None:
+            out["layers"]["L2"] = await c.l2.stats()
+        if c.semantic is not None:
+            idx = c.semantic.index
+            out["layers"]["L3"] = {"entries": len(idx), "partitions": len(idx.partitions()),
+                                   "embedder": getattr(c.semantic.embedder, "model_name", "?")}
+        return out
+
     async def aclose(self) -> None:
         self.stopping.set()
         for t in list(self.tasks):
@@ -208,6 +222,23 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
                    embedded_redis=embedded, vector_store=store)
+    from cache.invalidator import Invalidator
+
+    svc.invalidator = Invalidator(cache=cache, bans=bans, bus=None, clock=clock)
+    lifetime = settings.ttl.max_s + settings.ttl.grace_s + max(
+        [r.grace_s or 0 for r in settings.rules] + [0])
+    if redis_client is not None:
+        from cache.ban_bus import BanBus
+
+        svc.ban_bus = svc.invalidator.bus = BanBus(
+            redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+            ban_lifetime_s=lifetime, on_ban=svc.invalidator.apply_ban, on_purge=svc.invalidator.apply_purge)
+        svc.spawn(svc.ban_bus.run(svc.stopping))
+        try:
+            await asyncio.wait_for(svc.ban_bus.ready.wait(), 2 * settings.redis.timeout_s + 1)
+        except TimeoutError:
+            log.warning("ban channel not ready at start; continuing (fail open)")
+    svc.spawn(svc.invalidator.run_sweeper(svc.stopping, every_s=30.0, max_lifetime_s=lifetime))
     if store is not None and semantic is not None:
         try:
             n = await store.rebuild(semantic.index)

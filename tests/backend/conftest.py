@@ -58,3 +58,13 @@ def sim_url() -> Iterator[str]:
 
     with running_server(create_app(ttft_ms=0, tokens_per_s=0)) as base:
         yield base + "/v1"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random causal LM built offline (backend.tiny_model), shared by the session."""
+    from backend.tiny_model import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(str(path))
+    return str(path)

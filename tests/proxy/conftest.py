@@ -1,0 +1,75 @@
+"""Real servers for proxy tests: the simulated backend and the proxy, each a uvicorn
+server on a free loopback port (streaming and disconnects need real sockets)."""
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def backend_url() -> Iterator[str]:
+    from backend.simulated import create_app
+
+    with serving(create_app(ttft_ms=0, tokens_per_s=0)) as url:
+        yield url
+
+
+def backend_count(url: str) -> int:
+    return httpx.get(url + "/stats").json()["requests"]
+
+
+@pytest.fixture
+def make_proxy(tmp_path) -> Callable:
+    """`with make_proxy(upstream, **overrides) as url:` a proxy in front of `upstream`.
+    L2 is off unless `redis={"url": ...}` is given; L3 is off unless semantic is enabled
+    (then an embedder may be passed to share one model between proxies)."""
+    from proxy.app import create_app
+    from proxy.services import build_services
+    from proxy.settings import load_settings
+
+    @contextmanager
+    def make(upstream: str, *, embedder=None, clock=time.time, **overrides) -> Iterator[str]:
+        overrides.setdefault("semantic", {"enabled": False})
+        overrides.setdefault("redis", {"url": ""})
+        overrides.setdefault("state_dir", tempfile.mkdtemp(dir=tmp_path))
+        settings = load_settings(None, {"upstream": upstream, **overrides})
+
+        async def factory(s):
+            return await build_services(s, clock=clock, embedder=embedder)
+
+        with serving(create_app(settings, factory)) as url:
+            yield url
+
+    return make
