@@ -36,6 +36,8 @@ class Outcome:
     body: bytes
     entry: Entry | None = None
     error: str | None = None
+    via_peer: bool = False
+    """Served from the entry another replica's leader stored (cross-replica coalescing)."""
 
 
 class Flight:

@@ -235,7 +235,7 @@ def export_model(model_path: Path, out_dir: Path) -> None:
             dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "token_embeddings"]},
             opset_version=17, dynamo=False,
         )
-    _fuse(traced, out_dir / FP32_FILE, model.config.model_type)
+    _fuse(traced, out_dir / FP32_FILE, model.config)
     traced.unlink()
 
     tokenizer.save(str(out_dir / "tokenizer.json"))
@@ -260,14 +260,18 @@ def quantize_model(fp32_path: Path, out_path: Path) -> None:
         prepared.unlink(missing_ok=True)
 
 
-def _fuse(traced: Path, out_path: Path, model_type: str) -> None:
+def _fuse(traced: Path, out_path: Path, config) -> None:
     """ORT's transformer fusions (attention, layer norm, gelu) where it knows the architecture."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
-    if model_type not in MODEL_TYPES:
+    if config.model_type not in MODEL_TYPES:
         shutil.copyfile(traced, out_path)
         return
-    optimize_model(str(traced), model_type=model_type, opt_level=1, use_gpu=False).save_model_to_file(str(out_path))
+    fused = optimize_model(
+        str(traced), model_type=config.model_type, num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size, opt_level=1, use_gpu=False,
+    )
+    fused.save_model_to_file(str(out_path))
 
 
 def _pooling_mode(model_path: Path) -> str:

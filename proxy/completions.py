@@ -184,6 +184,8 @@ async def _fetch(request: Request, route: str, raw: bytes, body: dict, d: Decisi
         outcome = await flight.wait()
     finally:
         flight.unsubscribe()
+    if outcome.via_peer:
+        status = headers["x-cache-status"] = "COALESCED"
     if outcome.entry is not None:
         if d.stream:
             return Response(sse_bytes(outcome.entry, d.include_usage), media_type="text/event-stream",

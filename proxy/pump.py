@@ -14,6 +14,8 @@ import orjson
 
 from cache.entry import Entry, EntryMeta
 from cache.flight import Flight, Outcome, Upstart
+from cache.layer import LayerError
+from cache.redis_lock import RedisLock
 from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
 from cache.tiered import TieredCache
 from policies.decision import Decision
@@ -62,14 +64,52 @@ def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | Non
 
 class Pump:
     def __init__(self, *, upstream: Upstream, cache: TieredCache, metrics: Metrics, clock: Callable[[], float],
-                 max_entry_bytes: int) -> None:
+                 max_entry_bytes: int, lock: RedisLock | None = None, lock_ttl_s: float = 120.0,
+                 peer_wait_s: float = 60.0) -> None:
         self.upstream = upstream
         self.cache = cache
         self.metrics = metrics
         self.clock = clock
         self.max_entry_bytes = max_entry_bytes
+        self.lock = lock
+        self.lock_ttl_s = lock_ttl_s
+        self.peer_wait_s = peer_wait_s
 
     async def run(self, flight: Flight, job: FetchJob) -> None:
+        """Lead the flight; across replicas, first take the Redis lock for the key, or wait
+        (bounded) for the replica holding it to store the entry."""
+        key = job.decision.keys.key
+        token = None
+        if self.lock is not None and job.decision.write:
+            try:
+                token = await self.lock.acquire(key, self.lock_ttl_s)
+            except LayerError as exc:
+                self.metrics.layer_error("redis", "lock", exc)  # fail open: go upstream ourselves
+                token = ""
+            if token is None:
+                hit = await self._await_peer(key)
+                if hit is not None:
+                    flight.finish(Outcome(200, hit.entry.body, entry=hit.entry, via_peer=True))
+                    return
+        try:
+            await self._run_upstream(flight, job)
+        finally:
+            if token:
+                await self.lock.release(key, token)
+
+    async def _await_peer(self, key: str):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.peer_wait_s
+        delay = 0.02
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            hit = await self.cache.exact(key, None)
+            if hit is not None and not hit.stale:
+                return hit
+            delay = min(delay * 1.5, 0.25)
+        return None
+
+    async def _run_upstream(self, flight: Flight, job: FetchJob) -> None:
         self.metrics.inflight.inc()
         try:
             await self._run(flight, job)

@@ -217,8 +217,14 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     upstream = Upstream(settings.upstream, connect_timeout_s=settings.upstream_http.connect_timeout_s,
                         read_timeout_s=settings.upstream_http.read_timeout_s,
                         max_connections=settings.upstream_http.max_connections)
+    lock = None
+    if redis_client is not None and settings.coalesce.enabled:
+        from cache.redis_lock import RedisLock
+
+        lock = RedisLock(redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s)
     pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
-                max_entry_bytes=settings.cacheability.max_entry_bytes)
+                max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
+                lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
     svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
                    embedded_redis=embedded, vector_store=store)

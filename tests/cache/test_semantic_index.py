@@ -159,9 +159,13 @@ async def test_concurrent_adds_searches_removes_across_a_rebuild(rng):
     async def add(i: int) -> None:
         await index.add(f"k{i}", vs[i], parts[i % 3])
 
+    def allowed(key: str) -> set[str]:  # k0..k89 are also moved to p0 by concurrent batches
+        i = int(key[1:])
+        return {parts[i % 3], "p0"} if i < 90 else {parts[i % 3]}
+
     async def search(i: int) -> None:
         for key, _ in await index.search(vs[i], parts[i % 3], 4):
-            assert expected[key][0] == parts[i % 3]  # never another partition's key
+            assert parts[i % 3] in allowed(key)  # never another partition's key
 
     ops = [add(i) for i in range(600)] + [search(i) for i in range(0, 600, 3)]
     ops += [index.add_many([f"k{i}" for i in range(j, j + 30)], vs[j:j + 30], "p0") for j in range(0, 90, 30)]

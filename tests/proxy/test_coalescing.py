@@ -1,0 +1,133 @@
+"""Single flight: concurrent identical requests make one upstream call, in one process
+and across replicas sharing Redis; cancellation frees the upstream."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+
+from backend.simulated import create_app as sim_app
+from tests.proxy.conftest import backend_count, serving
+
+
+@pytest.fixture(scope="module")
+def slow_backend():
+    with serving(sim_app(ttft_ms=300, tokens_per_s=40)) as url:
+        yield url
+
+
+def body(text: str, stream: bool, max_tokens: int = 20) -> dict:
+    return {"model": "sim", "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": stream}
+
+
+def sse_text(raw: bytes) -> str:
+    import orjson
+
+    out = []
+    for line in raw.splitlines():
+        if line.startswith(b"data: {"):
+            ch = orjson.loads(line[6:])
+            if ch.get("choices"):
+                out.append(ch["choices"][0].get("delta", {}).get("content") or "")
+    return "".join(out)
+
+
+async def one(hc: httpx.AsyncClient, url: str, text: str, stream: bool):
+    b = body(text, stream)
+    if stream:
+        async with hc.stream("POST", url + "/v1/chat/completions", json=b) as r:
+            raw = b"".join([c async for c in r.aiter_bytes()])
+            return r.status_code, r.headers["x-cache-status"], sse_text(raw)
+    r = await hc.post(url + "/v1/chat/completions", json=b)
+    return r.status_code, r.headers["x-cache-status"], r.json()["choices"][0]["message"]["content"]
+
+
+async def test_fifty_concurrent_identical_requests_make_one_upstream_call(make_proxy, slow_backend):
+    with make_proxy(slow_backend) as url:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=60) as hc:
+            res = await asyncio.gather(*[one(hc, url, "printing press history", i % 2 == 0) for i in range(50)])
+        assert backend_count(slow_backend) - n0 == 1
+        assert all(r[0] == 200 for r in res)
+        assert len({r[2] for r in res}) == 1 and res[0][2]
+        statuses = [r[1] for r in res]
+        assert statuses.count("MISS") == 1 and statuses.count("COALESCED") == 49
+
+
+async def test_streaming_followers_get_chunks_live_from_the_start(make_proxy, slow_backend):
+    with make_proxy(slow_backend) as url:
+        async with httpx.AsyncClient(timeout=60) as hc:
+            leader = asyncio.create_task(one(hc, url, "live follower", True))
+            await asyncio.sleep(0.5)  # the leader is mid-stream (ttft 0.3 s, then 40 tokens/s)
+            t0 = time.perf_counter()
+            first = None
+            async with hc.stream("POST", url + "/v1/chat/completions", json=body("live follower", True)) as r:
+                assert r.headers["x-cache-status"] == "COALESCED"
+                raw = b""
+                async for c in r.aiter_bytes():
+                    raw += c
+                    if first is None and b'"content"' in c:
+                        first = time.perf_counter() - t0
+            total = time.perf_counter() - t0
+            lead = await leader
+        assert sse_text(raw) == lead[2]  # every chunk, from the first
+        assert first is not None and first < total / 2
+
+
+async def test_leader_disconnect_does_not_stop_followers(make_proxy, slow_backend):
+    with make_proxy(slow_backend) as url:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=60) as hc:
+            async def leader_then_leave():
+                async with hc.stream("POST", url + "/v1/chat/completions", json=body("leaving leader", True)) as r:
+                    async for c in r.aiter_bytes():
+                        if b'"content"' in c:
+                            return  # disconnect mid-stream
+            lt = asyncio.create_task(leader_then_leave())
+            await asyncio.sleep(0.1)
+            follower = await one(hc, url, "leaving leader", False)
+            await lt
+        assert follower[0] == 200 and follower[2]
+        async with httpx.AsyncClient(timeout=60) as hc:
+            again = await one(hc, url, "leaving leader", False)
+        assert again[1] == "HIT" and again[2] == follower[2]
+        assert backend_count(slow_backend) - n0 == 1
+
+
+def _inflight(url: str) -> float:
+    m = re.search(r"^stratacache_inflight_upstream (\S+)$", httpx.get(url + "/metrics").text, re.M)
+    return float(m.group(1))
+
+
+async def test_last_client_leaving_cancels_the_upstream_and_caches_nothing(make_proxy, slow_backend):
+    with make_proxy(slow_backend) as url:
+        async with httpx.AsyncClient(timeout=60) as hc:
+            async with hc.stream("POST", url + "/v1/chat/completions",
+                                 json=body("abandoned", True, max_tokens=400)) as r:
+                async for c in r.aiter_bytes():
+                    if b'"content"' in c:
+                        break
+            assert _inflight(url) in (0.0, 1.0)
+            deadline = time.monotonic() + 5  # 400 tokens at 40/s would take 10 s
+            while _inflight(url) != 0.0:
+                assert time.monotonic() < deadline, "upstream not cancelled"
+                await asyncio.sleep(0.02)
+            r2 = await hc.post(url + "/v1/chat/completions", json=body("abandoned", False, max_tokens=400),
+                               headers={"Cache-Control": "max-age=3600"})
+        assert r2.headers["x-cache-status"] == "MISS"
+
+
+async def test_replicas_sharing_redis_coalesce_through_a_lock(make_proxy, slow_backend, redis_url):
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, make_proxy(slow_backend,
+                                                                              redis={"url": redis_url}) as b:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=60) as hc:
+            res = await asyncio.gather(*[one(hc, (a, b)[i % 2], "two replicas one call", i % 3 == 0)
+                                         for i in range(12)])
+        assert backend_count(slow_backend) - n0 == 1
+        assert len({r[2] for r in res}) == 1
+        assert all(r[1] in ("MISS", "COALESCED") for r in res)
