@@ -276,6 +276,9 @@ maryland massachusetts minnesota mississippi missouri montana nebraska alabama a
 arkansas connecticut delaware hawaii idaho wisconsin wyoming vermont virginia tennessee
 oklahoma carolina dakota pennsylvania kerala karnataka maharashtra gujarat punjab bihar
 rajasthan telangana goa assam odisha bengal ontario quebec alberta
+""".split())
+# Names people type in lower case; a swap counts, an addition on one side does not.
+_GAZETTEER_NAMES = frozenset("""
 google facebook amazon microsoft netflix uber lyft twitter instagram whatsapp youtube quora
 linkedin tesla samsung paypal apple iphone ipad ipod macbook android ios windows linux
 ubuntu macos mac chrome firefox safari excel outlook gmail yahoo snapchat tiktok reddit
@@ -285,7 +288,7 @@ asus acer bmw audi toyota honda hyundai ford mercedes volkswagen nike adidas wal
 starbucks mcdonalds visa mastercard bitcoin ethereum python java javascript typescript php
 ruby kotlin scala perl haskell golang rust swift matlab html css sql mysql postgresql
 mongodb django flask react angular vue nodejs node docker kubernetes aws azure gcp
-hindu hinduism muslim muslims islam christian christians christianity jewish jews judaism
+hindu hinduism muslim muslims islam christian christians christianity jewish jews jew judaism
 buddhist buddhism sikh catholic protestant
 trump obama clinton hillary modi gandhi nehru putin biden messi ronaldo
 """.split())
@@ -307,13 +310,22 @@ _GAZETTEER_PHRASES = {
     "c++": "cplusplus", "c#": "csharp", "f#": "fsharp", ".net": "dotnet",
 }
 _ALIASES = {"us": "usa", "america": "usa", "states": "usa", "uk": "uk", "britain": "uk",
+            "jewish": "jew", "jews": "jew", "muslims": "muslim", "christians": "christian",
+            "french": "france", "chinese": "china", "dutch": "netherlands", "swiss": "switzerland",
+            "greek": "greece", "spanish": "spain", "turkish": "turkey", "thai": "thailand",
+            "filipino": "philippines", "norwegian": "norway", "swedish": "sweden",
+            "danish": "denmark", "finnish": "finland", "polish": "poland", "irish": "ireland",
+            "scottish": "scotland", "welsh": "wales", "arab": "arabic", "arabs": "arabic",
+            "hillary": "clinton",
             "england": "uk", "holland": "netherlands", "bombay": "mumbai",
             "bengaluru": "bangalore", "madras": "chennai", "calcutta": "kolkata",
             "gurugram": "gurgaon", "kyiv": "kiev", "czech": "czechia", "golang": "go",
             "nodejs": "node", "js": "javascript", "american": "usa", "americans": "usa",
             "british": "uk", "english": "english"}
 # Entities whose addition on one side narrows the question (a place, a language).
-_PLACE_LIKE = _GAZETTEER_WORDS | frozenset(_GAZETTEER_PHRASES.values())
+_PLACE_LIKE = frozenset(_ALIASES.get(w, w) for w in _GAZETTEER_WORDS) | (
+    frozenset(_GAZETTEER_PHRASES.values()) - {"cplusplus", "csharp", "fsharp", "dotnet"})
+_GAZETTEER_ALL = _GAZETTEER_WORDS | _GAZETTEER_NAMES
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -333,6 +345,8 @@ _CONTRACTIONS = (
 # Phrases that contain a cue word without its meaning.
 _NEUTRALISE = (
     (re.compile(r"\bnot only\b", re.I), "also"), (re.compile(r"\bno matter\b", re.I), "whatever"),
+    (re.compile(r"\b(why|if|and|or)?,? ?(or|and|if) (why|if) not\b", re.I), ""),
+    (re.compile(r"\bif not,? why\b", re.I), ""), (re.compile(r"\byes ?(/|or) ?no\b", re.I), ""),
     (re.compile(r"\b(whether|if) or not\b", re.I), r"\1"), (re.compile(r"\bor not\b", re.I), ""),
     (re.compile(r"\bno one\b", re.I), "noone"), (re.compile(r"\bno-one\b", re.I), "noone"),
     (re.compile(r"\b(log|sign|turn)[ -](in|on|out|off)\b", re.I), r"\1\2"),
@@ -345,7 +359,6 @@ _NEUTRALISE = (
     (re.compile(r"\bat least\b", re.I), "atleast"), (re.compile(r"\bat most\b", re.I), "atmost"),
     (re.compile(r"\bmore or less\b", re.I), "roughly"),
     (re.compile(r"\bsooner or later\b", re.I), "eventually"),
-    (re.compile(r"\b(in|from) (a|one) (day|week|month|year)\b", re.I), r"\1 \3"),
     (re.compile(r"\bright now\b", re.I), "now"),
     (re.compile(r"\bfull[ -]time\b", re.I), "fulltime"), (re.compile(r"\bpart[ -]time\b", re.I), "parttime"),
     (re.compile(r"\bday[ -]to[ -]day\b", re.I), "daily"), (re.compile(r"\bstep[ -]by[ -]step\b", re.I), "stepwise"),
@@ -533,7 +546,7 @@ def _features(text: str) -> _Features:
         tok, low = raw[i], lower[i]
         prev = lower[i - 1] if i else ""
         nxt = lower[i + 1] if i + 1 < n else ""
-        if low in _WEAK_ONE:
+        if low in _WEAK_ONE or (low in ("a", "an", "per") and (nxt in _UNITS or nxt in _PERIODS)):
             weak.add("1")
             i += 1
             continue
@@ -622,7 +635,7 @@ def _features(text: str) -> _Features:
         low = lower[idx]
         if not tok[:1].isalpha() or low in _MONTHS or low in _WEEKDAYS or low in _RELATIVE_DAYS:
             continue
-        if low in _GAZETTEER_WORDS:
+        if low in _GAZETTEER_ALL:
             if low == "us" and tok != "US":
                 continue
             entities.add(_ALIASES.get(low, low))
@@ -630,7 +643,7 @@ def _features(text: str) -> _Features:
         if tok == "US":
             entities.add("usa")
             continue
-        if low in _NOT_NAMES or low in _NEGATION:
+        if low in _NOT_NAMES or low in _NEGATION or low in _UNITS:
             continue
         sentence_start = idx == 0 or bool(_SENTENCE_END.search(norm[:start]))
         acronym = len(tok) >= 2 and tok.isupper() and tok.isalpha()

@@ -1,0 +1,111 @@
+"""Fault tolerance and abuse resistance: Redis dying under load, hostile inputs, limits."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backend.simulated import create_app as sim_app
+from tests.proxy.conftest import serving
+
+
+def chat(text: str, **kw) -> dict:
+    return {"model": "sim", "messages": [{"role": "user", "content": text}], "max_tokens": 8, **kw}
+
+
+async def test_redis_killed_during_load_fails_no_request_and_recovers(make_proxy, backend_url, redis_proc,
+                                                                       redis_url):
+    with make_proxy(backend_url, redis={"url": redis_url, "timeout_s": 0.2, "breaker_reset_s": 0.5}) as url:
+        failures, statuses = [], []
+        sem = asyncio.Semaphore(8)
+
+        async def one(hc, i):
+            async with sem:
+                r = await hc.post(url + "/v1/chat/completions", json=chat(f"question {i % 40}"))
+                (failures if r.status_code != 200 else statuses).append(r.headers.get("x-cache-status"))
+
+        async with httpx.AsyncClient(timeout=30) as hc:
+            first = [asyncio.create_task(one(hc, i)) for i in range(80)]
+            await asyncio.gather(*first[:40])
+            redis_proc.kill()
+            await asyncio.gather(*first[40:], *[one(hc, i) for i in range(80, 160)])
+            redis_proc.start()
+            # L2 comes back without a restart: an entry stored now is visible to a second proxy
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                await one(hc, 1000)
+                with make_proxy(backend_url, redis={"url": redis_url}) as other:
+                    r = await hc.post(other + "/v1/chat/completions", json=chat("question 1000"))
+                if r.headers.get("x-cache-layer") == "L2":
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "L2 did not come back"
+                await asyncio.sleep(0.3)
+        assert failures == []
+        assert len(statuses) >= 160
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                       lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
+                                                                                 max_size=4), max_leaves=12)
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "bogus", 3]),
+                                 "content": JSONISH})
+BODY = st.fixed_dictionaries({}, optional={
+    "model": JSONISH | st.just("sim"), "messages": st.lists(MESSAGE, max_size=3) | JSONISH,
+    "max_tokens": JSONISH, "temperature": JSONISH, "stream": JSONISH, "n": JSONISH, "stop": JSONISH,
+    "stream_options": JSONISH, "tools": JSONISH, "seed": JSONISH})
+
+
+@pytest.fixture(scope="module")
+def fuzz_proxy(backend_url, tmp_path_factory):
+    from proxy.app import create_app
+    from proxy.settings import load_settings
+
+    s = load_settings(None, {"upstream": backend_url, "semantic": {"enabled": False}, "redis": {"url": ""},
+                             "state_dir": str(tmp_path_factory.mktemp("fuzz"))})
+    with serving(create_app(s)) as url:
+        yield url
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=BODY, headers=st.dictionaries(st.sampled_from(["Cache-Control", "X-Cache-Namespace", "X-Cache-Tags"]),
+                                          st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                                                  max_size=40), max_size=3))
+def test_fuzzed_requests_never_get_a_500(fuzz_proxy, body, headers):
+    r = httpx.post(fuzz_proxy + "/v1/chat/completions", content=json.dumps(body), headers=headers, timeout=30)
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert "message" in r.json()["error"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_fuzzed_bytes_never_get_a_500(fuzz_proxy, raw):
+    r = httpx.post(fuzz_proxy + "/v1/completions", content=raw, timeout=30)
+    assert r.status_code < 500
+
+
+def test_limits_answer_in_the_openai_shape(make_proxy, backend_url):
+    with make_proxy(backend_url, limits={"max_body_bytes": 2000, "max_tokens_ceiling": 64}) as url:
+        r = httpx.post(url + "/v1/chat/completions", json=chat("x" * 5000))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        r = httpx.post(url + "/v1/chat/completions", json=chat("hi", max_tokens=65))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+async def test_per_tenant_concurrency_limit_is_a_429_with_retry_after(make_proxy):
+    with serving(sim_app(ttft_ms=500, tokens_per_s=1000)) as slow, \
+            make_proxy(slow, limits={"tenant_concurrency": 2}) as url:
+        async with httpx.AsyncClient(timeout=30) as hc:
+            res = await asyncio.gather(*[hc.post(url + "/v1/chat/completions", json=chat(f"distinct {i}"),
+                                                 headers={"Authorization": "Bearer greedy"}) for i in range(5)])
+            other = await hc.post(url + "/v1/chat/completions", json=chat("polite"),
+                                  headers={"Authorization": "Bearer polite"})
+        codes = sorted(r.status_code for r in res)
+        assert codes.count(200) == 2 and codes.count(429) == 3
+        limited = next(r for r in res if r.status_code == 429)
+        assert limited.headers["retry-after"] and limited.json()["error"]["code"] == "rate_limit_exceeded"
+        assert other.status_code == 200  # one tenant's burst does not hurt another
