@@ -253,7 +253,7 @@ class HFEngine:
         self._batch = _Batch()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self.requests = 0
-        self.cancelled_rows = 0
+        self.cancelled = 0
         self.peak_rows = 0
 
     @classmethod
@@ -308,7 +308,7 @@ class HFEngine:
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "running": len(self._batch.rows),
-                "waiting": len(self._waiting), "cancelled_rows": self.cancelled_rows,
+                "waiting": len(self._waiting), "cancelled": self.cancelled,
                 "peak_running": self.peak_rows, "max_batch": self.max_batch}
 
     async def run(self) -> None:
@@ -342,6 +342,7 @@ class HFEngine:
             gen = self._waiting[0]
             if gen.cancelled:
                 self._waiting.popleft()
+                self.cancelled += 1
                 continue
             if used + gen.n > limit and (used or admitted):
                 break
@@ -358,7 +359,7 @@ class HFEngine:
         events: list[tuple[Generation, Event]] = []
         batch = self._batch
         live = [i for i, r in enumerate(batch.rows) if not r.gen.cancelled]
-        self.cancelled_rows += len(batch.rows) - len(live)
+        self.cancelled += len({r.gen for r in batch.rows if r.gen.cancelled})
         batch.keep(live)
         if batch.rows:
             last = torch.tensor([[r.tokens[-1]] for r in batch.rows], device=self.device)

@@ -2,7 +2,7 @@
 
 Same routes and shapes as the simulated backend: POST /v1/chat/completions and
 /v1/completions (stream and non-stream), GET /v1/models, GET /healthz, and GET /stats
-(engine counters: requests, running rows, waiting requests, cancelled rows, peak batch).
+(engine counters: requests, running rows, waiting requests, cancelled requests, peak batch rows).
 
 Accepted fields: model (echoed back), messages / prompt, max_tokens or
 max_completion_tokens, temperature (0 = greedy), top_p, seed (choice i of `n` uses

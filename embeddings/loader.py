@@ -1,0 +1,78 @@
+"""Build the configured embedder: `load_embedder(EmbedderConfig(...))`.
+
+Engine "auto": torch on a GPU. On a CPU, ONNX Runtime exported from the same model
+(int8, or fp32 when `onnx_quantize` is off or int8 does not agree with torch), falling
+back to torch with a logged warning when the export fails or disagrees. "torch" and
+"onnx" force an engine; a forced ONNX engine that disagrees is kept, with a warning.
+Blocking (model load, and the ONNX export the first time): call it at start-up.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from embeddings.batcher import Backend, BatchingEmbedder
+from embeddings.onnx_backend import Agreement, OnnxBackend, OnnxExportError
+from embeddings.sentence_transformer import SentenceTransformerBackend, default_model_path, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Cosine between ONNX's and torch's vectors for onnx_backend.PROBE_TEXTS, below which
+# "auto" does not use an ONNX variant.
+MIN_MEAN_AGREEMENT = 0.99
+MIN_WORST_AGREEMENT = 0.95
+
+
+@dataclass
+class EmbedderConfig:
+    model_path: str | None = None  # a local sentence-transformers directory; None: bundled all-MiniLM-L6-v2
+    engine: Literal["auto", "torch", "onnx"] = "auto"
+    device: str = "auto"  # torch only: "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    timeout_s: float = 2.0  # deadline of one embed() call, queueing included
+    max_batch: int = 64  # texts per backend call
+    onnx_quantize: bool = True
+    cache_dir: str | None = None  # ONNX exports; None: ~/.cache/stratacache/onnx
+
+
+def load_embedder(cfg: EmbedderConfig) -> BatchingEmbedder:
+    return BatchingEmbedder(load_backend(cfg), timeout_s=cfg.timeout_s, max_batch=cfg.max_batch)
+
+
+def load_backend(cfg: EmbedderConfig) -> Backend:
+    model_path = cfg.model_path or default_model_path()
+    if cfg.engine == "torch" or (cfg.engine == "auto" and resolve_device(cfg.device) != "cpu"):
+        return _torch(model_path, cfg)
+    if cfg.engine == "onnx":
+        backend = OnnxBackend.from_model(model_path, quantize=cfg.onnx_quantize, cache_dir=cfg.cache_dir)
+        if not agrees(backend.agreement):
+            log.warning("%s: %s", backend.engine, _describe(backend.agreement))
+        return _chosen(backend)
+    for quantize in ([True, False] if cfg.onnx_quantize else [False]):
+        try:
+            backend = OnnxBackend.from_model(model_path, quantize=quantize, cache_dir=cfg.cache_dir)
+        except OnnxExportError as exc:
+            log.warning("ONNX Runtime unavailable, embedding with torch: %s", exc)
+            return _torch(model_path, cfg)
+        if agrees(backend.agreement):
+            return _chosen(backend)
+        log.warning("not using %s: %s", backend.engine, _describe(backend.agreement))
+    return _torch(model_path, cfg)
+
+
+def agrees(agreement: Agreement) -> bool:
+    return agreement.mean >= MIN_MEAN_AGREEMENT and agreement.min >= MIN_WORST_AGREEMENT
+
+
+def _torch(model_path: str, cfg: EmbedderConfig) -> SentenceTransformerBackend:
+    return _chosen(SentenceTransformerBackend(model_path, device=cfg.device))
+
+
+def _chosen(backend: Backend) -> Backend:
+    log.info("embedding with %s on %s (dim %d)", backend.model_name, backend.engine, backend.dim)
+    return backend
+
+
+def _describe(agreement: Agreement) -> str:
+    return (f"its vectors agree with torch's to cosine mean {agreement.mean:.4f}, worst {agreement.min:.4f} "
+            f"(wanted {MIN_MEAN_AGREEMENT}, {MIN_WORST_AGREEMENT})")
