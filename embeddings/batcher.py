@@ -112,7 +112,7 @@ class BatchingEmbedder:
         return np.stack([found[t] for t in texts])
 
     async def aclose(self) -> None:
-        """Stop the worker once its current batch is done; queued requests fail with EmbeddingError."""
+        """Stop the worker once the requests already queued are done; later calls raise EmbeddingError."""
         if self._closed:
             return
         self._closed = True

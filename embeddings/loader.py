@@ -52,11 +52,12 @@ def load_backend(cfg: EmbedderConfig) -> Backend:
         try:
             backend = OnnxBackend.from_model(model_path, quantize=quantize, cache_dir=cfg.cache_dir)
         except OnnxExportError as exc:
-            log.warning("ONNX Runtime unavailable, embedding with torch: %s", exc)
-            return _torch(model_path, cfg)
+            log.warning("ONNX Runtime unavailable (%s): %s", "int8" if quantize else "fp32", exc)
+            continue
         if agrees(backend.agreement):
             return _chosen(backend)
         log.warning("not using %s: %s", backend.engine, _describe(backend.agreement))
+    log.warning("embedding with torch on the CPU: no ONNX Runtime variant is usable")
     return _torch(model_path, cfg)
 
 

@@ -236,9 +236,10 @@ _QUANTIFIER_CLASSES = {
 }
 _ONLY = frozenset("only solely exclusively".split())
 
-_DIRECTION_CUES = frozenset("than to from into onto vs versus over".split())
+# Words after which argument order matters ("from A to B", "A faster than B");
+# "vs"/"versus"/"and" are symmetric and are not listed.
+_DIRECTION_CUES = frozenset("than to from into onto over".split())
 _DETERMINERS = frozenset("the a an my your our their his her its this that these those".split())
-_SYMMETRIC_DIRECTION_CUES = frozenset("vs versus".split())
 
 # Places and names people type in lower case. Keys are what a text is normalised to.
 _GAZETTEER_WORDS = frozenset("""
@@ -309,6 +310,8 @@ _GAZETTEER_PHRASES = {
     "south dakota": "south_dakota", "west virginia": "west_virginia",
     "c++": "cplusplus", "c#": "csharp", "f#": "fsharp", ".net": "dotnet",
 }
+# Phrases with punctuation, matched in the raw text rather than on tokens.
+_PUNCTUATED_PHRASES = {k: v for k, v in _GAZETTEER_PHRASES.items() if not k.replace(" ", "").isalpha()}
 _ALIASES = {"us": "usa", "america": "usa", "states": "usa", "uk": "uk", "britain": "uk",
             "jewish": "jew", "jews": "jew", "muslims": "muslim", "christians": "christian",
             "french": "france", "chinese": "china", "dutch": "netherlands", "swiss": "switzerland",
@@ -371,7 +374,8 @@ _TOKEN = re.compile(
     r"|[A-Za-z]+(?:[&+\-][A-Za-z0-9]+)*(?:\d+[A-Za-z0-9]*)?(?:[-]\d+)?[+#]*"  # words, A320, COVID-19, C++
     r"|[$€£¥₹%]"
 )
-_SENTENCE_END = re.compile(r"[.?!:;\n\"(]\s*$")
+_SENTENCE_BREAK = re.compile(r"[.?!:;\n\"(]")
+_HAS_DIGIT = re.compile(r"\d")
 _NUMERIC = re.compile(r"^[#$€£¥₹]?(\d[\d,]*(?:\.\d+)?)(%|[a-zA-Z]+)?$")
 _DATE_NUMERIC = re.compile(r"^(\d{1,4})[/\-.](\d{1,2})(?:[/\-.](\d{1,4}))?$")
 _TIME = re.compile(r"^(\d{1,2})(?::(\d{2}))?(am|pm|a\.m|p\.m)?$", re.I)
@@ -422,12 +426,6 @@ for _w, _g in (("lost", "lose"), ("sold", "sell"), ("bought", "buy"), ("began", 
                ("lent", "lend"), ("withdrew", "withdraw"), ("withdrawn", "withdraw"),
                ("hated", "hate"), ("left", "leave")):
     _POLARITY[_w] = _POLARITY.get(_g, [])
-for _ambiguous in ("fall", "falls", "falling", "spring", "springs", "cut", "cuts", "charge",
-                   "charges", "charged", "charging", "fire", "fires", "light", "lights",
-                   "pass", "passes", "passed", "passing", "passe", "leave", "leaves", "left",
-                   "day", "days", "join", "mount", "cool", "new", "end", "ends", "full", "drop",
-                   "fails", "credits", "cons", "con", "pro", "pros", "lower", "lowered", "raise"):
-    pass  # kept: listed here to document that they are polysemous and were measured
 _COMPARATIVE = _lexicon(_COMPARATIVE_PAIRS)
 
 
@@ -465,22 +463,32 @@ class _Features:
     weak_atoms: frozenset[str]
     quantities: frozenset[tuple[str, str]]  # (value key, unit) where a unit was written
     entities: frozenset[str]
-    initials: tuple[str, ...]        # first letters of the words, for acronyms
     word_seq: tuple[str, ...]
     quantifiers: frozenset[str]
     only: bool
     comparative: frozenset[tuple[int, int]]
     degrees: dict                    # base -> set of degrees
-    more_most: frozenset[str]        # "more"/"most"/"less"/"least" + following word
     direction: tuple[tuple[str, str], ...]
+
+
+def _trigger(pattern: re.Pattern[str]) -> str:
+    """The first literal word a pattern needs: a cheap `in` test before running it."""
+    words = re.findall(r"[a-z]{2,}", re.sub(r"\([^)]*\)", " ", pattern.pattern.replace("\\b", " ")))
+    return words[0] if words else ""
+
+
+_NEUTRALISE_GUARDED = tuple((p, r, _trigger(p)) for p, r in _NEUTRALISE)
 
 
 def _normalise(text: str) -> str:
     text = text.translate(_QUOTES)
-    for pattern, repl in _CONTRACTIONS:
-        text = pattern.sub(repl, text)
-    for pattern, repl in _NEUTRALISE:
-        text = pattern.sub(repl, text)
+    if "'" in text or "cannot" in text.lower():
+        for pattern, repl in _CONTRACTIONS:
+            text = pattern.sub(repl, text)
+    low = text.lower()
+    for pattern, repl, trigger in _NEUTRALISE_GUARDED:
+        if trigger in low:
+            text = pattern.sub(repl, text)
     return text
 
 
@@ -507,7 +515,6 @@ def _features(text: str) -> _Features:
     lower = [t.lower() for t in raw]
     title_case = _is_title_case(raw)
     shouting = _is_shouting(raw)
-    low_text = " " + " ".join(lower) + " "
 
     negated = any(t in _NEGATION for t in lower)
 
@@ -516,25 +523,19 @@ def _features(text: str) -> _Features:
     for t in lower:
         polarity.update(_POLARITY.get(t, ()))
         comparative.update(_COMPARATIVE.get(t, ()))
-        # un-/in-/dis-/non- prefixed forms take the negative pole of their base
-    prefixed: set[str] = set()
-    for t in lower:
-        for prefix in ("un", "in", "im", "il", "ir", "dis", "non", "non-", "anti", "de"):
-            if t.startswith(prefix) and len(t) - len(prefix) >= 4:
-                prefixed.add(t)
+    # degree of gradable adjectives: 0 base, 1/2 comparative/superlative, -1/-2 "less"/"least"
     degrees: dict[str, set[int]] = {}
-    for t in lower:
+    for i, t in enumerate(lower):
         hit = _DEGREE.get(t)
-        if hit:
-            degrees.setdefault(hit[0], set()).add(hit[1])
-    more_most = set()
-    for i, t in enumerate(lower[:-1]):
-        if t in ("more", "most", "less", "least") and lower[i + 1] in _DEGREE:
-            base, _ = _DEGREE[lower[i + 1]]
-            degrees.setdefault(base, set()).discard(0)
-            degrees[base].add(1 if t in ("more", "less") else 2)
-            more_most.add(t)
-    degrees = {k: v for k, v in degrees.items() if v}
+        if not hit:
+            continue
+        base, degree = hit
+        before = lower[i - 1] if i else ""
+        if before in ("more", "most", "less", "least"):
+            degree = {"more": 1, "most": 2, "less": -1, "least": -2}[before]
+        elif degree == 2 and i + 1 < len(lower) and lower[i + 1] in ("way", "ways", "method", "methods"):
+            continue  # "the fastest way to X" asks how to X fast: a manner, not a ranking
+        degrees.setdefault(base, set()).add(degree)
 
     # numbers, dates, identifiers
     atoms: dict[str, str] = {}
@@ -597,7 +598,7 @@ def _features(text: str) -> _Features:
                     quantities.add((key, unit))
             i += 1
             continue
-        if any(c.isdigit() for c in tok):
+        if _HAS_DIGIT.search(tok):
             key = re.sub(r"[^a-z0-9]", "", low)
             atoms[key] = "identifier"
             i += 1
@@ -628,10 +629,19 @@ def _features(text: str) -> _Features:
 
     # named entities
     entities: set[str] = set()
-    for phrase, canon in _GAZETTEER_PHRASES.items():
-        if (" " + phrase + " ") in low_text or (phrase in ("c++", "c#", "f#", ".net") and phrase in norm.lower()):
-            entities.add(canon)
+    for size in (2, 3, 4):
+        for k in range(len(lower) - size + 1):
+            canon = _GAZETTEER_PHRASES.get(" ".join(lower[k:k + size]))
+            if canon:
+                entities.add(canon)
+    if "." in norm or "+" in norm or "#" in norm:
+        low_norm = norm.lower()
+        for phrase, canon in _PUNCTUATED_PHRASES.items():
+            if phrase in low_norm:
+                entities.add(canon)
+    prev_end = 0
     for idx, (tok, start) in enumerate(spans):
+        gap, prev_end = norm[prev_end:start], start + len(tok)
         low = lower[idx]
         if not tok[:1].isalpha() or low in _MONTHS or low in _WEEKDAYS or low in _RELATIVE_DAYS:
             continue
@@ -645,7 +655,7 @@ def _features(text: str) -> _Features:
             continue
         if low in _NOT_NAMES or low in _NEGATION or low in _UNITS:
             continue
-        sentence_start = idx == 0 or bool(_SENTENCE_END.search(norm[:start]))
+        sentence_start = idx == 0 or bool(_SENTENCE_BREAK.search(gap))
         acronym = len(tok) >= 2 and tok.isupper() and tok.isalpha()
         if acronym and not shouting:
             entities.add(_ALIASES.get(low, low))
@@ -659,7 +669,7 @@ def _features(text: str) -> _Features:
 
     direction: list[tuple[str, str]] = []
     for idx, t in enumerate(lower):
-        if t in _DIRECTION_CUES and t not in _SYMMETRIC_DIRECTION_CUES:
+        if t in _DIRECTION_CUES:
             j = idx + 1
             while j < n and lower[j] in _DETERMINERS:
                 j += 1
@@ -672,12 +682,11 @@ def _features(text: str) -> _Features:
         words=frozenset(words), negated=negated, polarity=frozenset(polarity),
         atoms=atoms, weak_atoms=frozenset(weak), quantities=frozenset(quantities),
         entities=frozenset(entities),
-        initials=tuple(w[0] for w in lower if w[:1].isalpha()),
         word_seq=tuple(w for w in lower if w[:1].isalnum()),
         quantifiers=frozenset(quantifiers), only=only, comparative=frozenset(comparative),
-        degrees={k: frozenset(v) for k, v in degrees.items()}, more_most=frozenset(more_most),
+        degrees={k: frozenset(v) for k, v in degrees.items()},
         direction=tuple(direction),
-    ) if True else None  # noqa: SIM210 - keeps the constructor in one expression
+    )
 
 
 def _classify_numeric(tok: str, prev: str, nxt: str, nxt2: str) -> tuple[str, list[str], str | None]:
@@ -715,7 +724,7 @@ def _classify_numeric(tok: str, prev: str, nxt: str, nxt2: str) -> tuple[str, li
         return "number", [_num_key(value)], None
     if suffix in ("k", "m", "mn", "b", "bn", "lakh", "lakhs", "crore", "crores") and unit is not None:
         return "number", [_num_key(value * _MULTIPLIERS[suffix])], unit
-    if suffix in ("k",) :
+    if suffix == "k":
         return "number", [_num_key(value * 1000)], unit
     if suffix in ("am", "pm"):
         hour = int(value) % 12 + (12 if suffix == "pm" else 0)
@@ -843,17 +852,16 @@ def _unit_difference(fa: _Features, fb: _Features) -> bool:
     return False
 
 
+_STRONG_QUANTIFIERS = frozenset({"all", "none", "both", "either", "most", "few"})
+
+
 def _quantifier_difference(fa: _Features, fb: _Features) -> bool:
+    """"only" on one side; or each side has a quantifier class the other lacks ("all" vs
+    "any"). A quantifier on one side only ("some good books" vs "good books") is not a veto."""
     if fa.only != fb.only:
         return True
-    qa, qb = fa.quantifiers, fb.quantifiers
-    strong = {"all", "none", "both", "either", "most", "few"}
-    if qa and qb and qa != qb:
-        only_a, only_b = qa - qb, qb - qa
-        if only_a and only_b and ((only_a | only_b) & strong):
-            return True
-    # "all" against "some"/"any" is the common trap; a universal added on one side too
-    return False
+    only_a, only_b = fa.quantifiers - fb.quantifiers, fb.quantifiers - fa.quantifiers
+    return bool(only_a and only_b and ((only_a | only_b) & _STRONG_QUANTIFIERS))
 
 
 def _comparative_difference(fa: _Features, fb: _Features) -> bool:
@@ -863,8 +871,12 @@ def _comparative_difference(fa: _Features, fb: _Features) -> bool:
         db = fb.degrees.get(base)
         if not db:
             continue
-        if (0 in da) != (0 in db) and not (da & db):
-            return True
+        if da & db:
+            continue
+        if (0 in da) != (0 in db):
+            return True  # "cheapest" against "cheap"
+        if any(x * y < 0 for x in da for y in db):
+            return True  # "healthier" against "less healthy"
     return False
 
 

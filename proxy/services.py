@@ -36,11 +36,13 @@ class Services:
     pump: Pump
     bans: BanList
     redis: Any = None
+    redis_bg: Any = None
     embedded_redis: Any = None
     vector_store: Any = None
     ban_bus: Any = None
     invalidator: Any = None
     access_log: bool = True
+    owns_embedder: bool = True
     tasks: set[asyncio.Task] = field(default_factory=set)
     _resolved: dict[tuple[str, str, str], Resolved] = field(default_factory=dict)
     _active: dict[str, int] = field(default_factory=dict)
@@ -156,9 +158,11 @@ class Services:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.upstream.aclose()
-        if self.cache.semantic is not None:
+        if self.cache.semantic is not None and self.owns_embedder:
             await self.cache.semantic.embedder.aclose()
         await self.cache.aclose()
+        if self.redis_bg is not None:
+            await self.redis_bg.aclose()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
@@ -168,6 +172,7 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     """Start what the settings ask for. Redis: the given URL, else a bundled redis-server.
     The semantic layer loads the embedder (or uses the one passed in, for tests)."""
     metrics = Metrics()
+    owns_embedder = embedder is None
     l1 = MemoryLayer(settings.l1_max_bytes, clock)
     bans = BanList()
     embedded = None
@@ -179,10 +184,14 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
 
         embedded = EmbeddedRedis(settings.state_dir)
         url = await asyncio.to_thread(embedded.start)
+    bg_client = None
     if url:
         from cache.redis_layer import RedisLayer, make_client
 
         redis_client = make_client(url, settings.redis.timeout_s)
+        # background work (blocking stream reads, pub/sub, sweeps) gets its own pool with a
+        # socket timeout longer than its blocking reads; the request path keeps the short one
+        bg_client = make_client(url, max(5.0, settings.redis.timeout_s))
         l2 = RedisLayer(redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
                         breaker=CircuitBreaker(settings.redis.breaker_failures, settings.redis.breaker_reset_s,
                                                time.monotonic),
@@ -199,13 +208,12 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         if embedder is None:
             e = settings.semantic.embedder
             embedder = await asyncio.to_thread(load_embedder, EmbedderConfig(
-                model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s,
-                cache_dir=str(__import__("pathlib").Path(settings.state_dir) / "onnx")))
+                model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s))
         index = SemanticIndex(embedder.dim)
         if redis_client is not None:
             from cache.vector_store import RedisVectorStore
 
-            store = RedisVectorStore(redis_client, prefix=settings.redis.prefix)
+            store = RedisVectorStore(bg_client, prefix=settings.redis.prefix, timeout=max(1.0, settings.redis.timeout_s))
         verifier = None
         if settings.semantic.verify:
             from policies.verification import verify as verifier
@@ -227,7 +235,8 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
                 lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
     svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
-                   embedded_redis=embedded, vector_store=store)
+                   redis_bg=bg_client,
+                   embedded_redis=embedded, vector_store=store, owns_embedder=owns_embedder)
     from cache.invalidator import Invalidator
 
     svc.invalidator = Invalidator(cache=cache, bans=bans, bus=None, clock=clock)
@@ -237,7 +246,7 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         from cache.ban_bus import BanBus
 
         svc.ban_bus = svc.invalidator.bus = BanBus(
-            redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+            bg_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
             ban_lifetime_s=lifetime, on_ban=svc.invalidator.apply_ban, on_purge=svc.invalidator.apply_purge)
         svc.spawn(svc.ban_bus.run(svc.stopping))
         try:

@@ -73,3 +73,18 @@ def make_proxy(tmp_path) -> Callable:
             yield url
 
     return make
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real all-MiniLM-L6-v2 embedder, loaded once and shared by every proxy in a test."""
+    import asyncio
+
+    from embeddings.loader import EmbedderConfig, load_embedder
+
+    emb = load_embedder(EmbedderConfig(timeout_s=10.0))
+    yield emb
+    asyncio.run(emb.aclose())
+
+
+SEMANTIC_ON = {"enabled": True, "threshold": 0.86, "consider_threshold": 0.8, "verify": True}

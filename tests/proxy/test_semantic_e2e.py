@@ -1,0 +1,148 @@
+"""L2 and L3 through the proxy, with the real embedding model, real FAISS and real Redis."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.proxy.conftest import SEMANTIC_ON, backend_count
+
+
+def ask(url, content, key="tenant-a", model="sim", system=None, history=(), **extra):
+    msgs = ([{"role": "system", "content": system}] if system else []) + list(history) + [
+        {"role": "user", "content": content}]
+    r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                   json={"model": model, "messages": msgs, "max_tokens": 12, "temperature": 0, **extra})
+    r.raise_for_status()
+    h = r.headers
+    return h["x-cache-status"], h.get("x-cache-layer"), h.get("x-cache-similarity"), \
+        r.json()["choices"][0]["message"]["content"], h.get("x-cache-verdict")
+
+
+@pytest.fixture
+def proxy(make_proxy, backend_url, embedder, redis_url):
+    with make_proxy(backend_url, embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url}) as url:
+        yield url
+
+
+def test_paraphrase_is_an_l3_hit_with_the_seeded_answer(proxy):
+    seed = ask(proxy, "What is the capital of France?")
+    para = ask(proxy, "What's the capital city of France?")
+    assert seed[0] == "MISS"
+    assert para[:2] == ("HIT", "L3")
+    assert 0.86 <= float(para[2]) <= 1.0 and len(para[2].split(".")[1]) == 4
+    assert para[3] == seed[3]
+
+
+def test_a_different_question_is_a_miss(proxy):
+    ask(proxy, "What is the capital of France?")
+    assert ask(proxy, "What is the capital of Germany?")[0] == "MISS"
+    assert ask(proxy, "How do I bake sourdough bread?")[0] == "MISS"
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("Is the pharmacy closed on public holidays?", {"polarity", "negation"}),
+    ("Is the pharmacy not open on public holidays?", {"negation", "polarity"}),
+    ("Is the pharmacy open on public holidays in 2025?", {"number", "date"}),
+])
+def test_swaps_of_a_cached_question_are_vetoed_with_a_reason(proxy, query, reason):
+    ask(proxy, "Is the pharmacy open on public holidays?")
+    status, _, _, _, verdict = ask(proxy, query)
+    assert status == "MISS"
+    assert verdict in reason
+
+
+def test_no_semantic_hit_across_tenants_models_or_parameters(proxy):
+    ask(proxy, "What is the capital of France?")
+    assert ask(proxy, "What's the capital city of France?", key="tenant-b")[0] == "MISS"
+    assert ask(proxy, "What's the capital city of France?", model="sim-2")[0] == "MISS"
+    assert ask(proxy, "What's the capital city of France?", max_tokens=13)[0] == "MISS"
+
+
+def test_conversation_context_must_match(proxy):
+    cal = [{"role": "user", "content": "Create an event called standup on Monday"},
+           {"role": "assistant", "content": "Done: standup on Monday."}]
+    acc = [{"role": "user", "content": "Create a user account for Bob"},
+           {"role": "assistant", "content": "Account bob created."}]
+    ask(proxy, "Can you expand on that?", history=cal)
+    assert ask(proxy, "Can you expand on that?", history=acc)[0] == "MISS"
+    assert ask(proxy, "Could you expand on that?", history=cal)[:2] == ("HIT", "L3")
+    assert ask(proxy, "Can you expand on that?", system="You are terse.", history=cal)[0] == "MISS"
+
+
+def test_second_process_gets_l2_and_l3_hits_and_a_restart_rebuilds_the_index(make_proxy, backend_url, embedder,
+                                                                                redis_url):
+    kw = dict(embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url})
+    with make_proxy(backend_url, **kw) as a, make_proxy(backend_url, **kw) as b:
+        seed = ask(a, "How do tides work?")
+        assert ask(b, "How do tides work?")[:2] == ("HIT", "L2")
+        # b follows a's index through the Redis stream
+        deadline = time.monotonic() + 10
+        while (r := ask(b, "How do the tides work?"))[0] != "HIT":
+            assert time.monotonic() < deadline, r
+            time.sleep(0.05)
+        assert r[1] in ("L3", "L1") and r[3] == seed[3]
+    with make_proxy(backend_url, **kw) as restarted:
+        got = ask(restarted, "Explain how tides work")
+        assert got[:2] == ("HIT", "L3") and got[3] == seed[3]
+
+
+def test_expired_entries_are_not_served_by_l3(make_proxy, backend_url, embedder, redis_url):
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    with make_proxy(backend_url, embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url}, clock=clock,
+                    ttl={"default_s": 10, "grace_s": 0}) as url:
+        ask(url, "What is the capital of France?")
+        clock.advance(11)
+        assert ask(url, "What's the capital city of France?")[0] == "MISS"
+
+
+class SlowEmbedder:
+    """Wraps the real embedder, but never answers within its deadline."""
+
+    model_name = "slow"
+
+    def __init__(self, inner):
+        self.dim = inner.dim
+
+    async def embed(self, texts):
+        raise TimeoutError("embedder deadline passed")
+
+    async def aclose(self):
+        pass
+
+
+def test_a_slow_embedder_is_a_miss_not_a_failure(make_proxy, backend_url, embedder):
+    with make_proxy(backend_url, embedder=SlowEmbedder(embedder), semantic=SEMANTIC_ON) as url:
+        assert ask(url, "What is the capital of France?")[0] == "MISS"
+        assert ask(url, "What is the capital of France?")[:2] == ("HIT", "L1")
+        assert ask(url, "What's the capital city of France?")[0] == "MISS"
+        m = httpx.get(url + "/metrics").text
+        assert 'stratacache_dependency_errors_total{dependency="embedder",op="embed"}' in m
+
+
+def test_ban_by_meaning_across_replicas(make_proxy, backend_url, embedder, redis_url):
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    kw = dict(embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url}, admin_token="adm", clock=clock)
+    q = "How long does shipping to Canada take?"
+    with make_proxy(backend_url, **kw) as a, make_proxy(backend_url, **kw) as b:
+        ask(a, q)
+        ask(a, "What is the refund policy for shoes?")
+        assert ask(b, q)[0] == "HIT"  # now in both replicas' L1
+        clock.advance(100)
+        r = httpx.post(b + "/admin/invalidate", headers={"Authorization": "Bearer adm"},
+                       json={"similar_to": "shipping time to Canada", "min_similarity": 0.7})
+        assert r.status_code == 200 and r.json()["invalidated"] == 1
+        assert ask(a, q)[0] == "MISS"  # gone from a's L1, from L2 and from the index
+        # b may now serve what a just stored, but never the 100-second-old entry it held
+        h = httpx.post(b + "/v1/chat/completions", headers={"Authorization": "Bearer tenant-a"}, timeout=60,
+                       json={"model": "sim", "messages": [{"role": "user", "content": q}], "max_tokens": 12,
+                             "temperature": 0}).headers
+        assert h["x-cache-status"] == "MISS" or int(h["age"]) < 100
+        assert ask(b, "What is the refund policy for shoes?")[0] == "HIT"
