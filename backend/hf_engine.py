@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from backend.hf_batch import RunningBatch
 from backend.hf_detokenizer import IncrementalDetokenizer
 from backend.openai_format import (
     FinishReason, GenerationRequest, RequestError, cut_at_stop, held_back, message_text,
@@ -164,9 +165,6 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto"):
     return model.to(dev).eval(), tokenizer, dev
 
 
-# ---------------------------------------------------------------- the batch
-
-
 @dataclass(eq=False)
 class _Row:
     """One choice being generated."""
@@ -179,54 +177,6 @@ class _Row:
     text: str = ""
     sent: int = 0
     done: bool = False
-
-
-class _Batch:
-    """The running rows and their left-padded KV cache; touched by the worker thread only."""
-
-    def __init__(self) -> None:
-        self.rows: list[_Row] = []
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # [rows, cache length], 1 = real token
-
-    def add(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
-        if not self.rows:
-            self.rows, self.cache, self.mask = list(rows), cache, mask
-            return
-        have, new = self.mask.shape[1], mask.shape[1]
-        width = max(have, new)
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width - have, -2),
-                                   _pad_left(theirs.keys, width - new, -2)])
-            mine.values = torch.cat([_pad_left(mine.values, width - have, -2),
-                                     _pad_left(theirs.values, width - new, -2)])
-        self.mask = torch.cat([_pad_left(self.mask, width - have, -1),
-                               _pad_left(mask, width - new, -1)])
-        self.rows.extend(rows)
-
-    def keep(self, keep: list[int]) -> None:
-        """Keep only the rows at `keep`, then drop padding columns no row needs."""
-        if len(keep) == len(self.rows):
-            return
-        if not keep:
-            self.rows, self.cache, self.mask = [], None, None
-            return
-        idx = torch.tensor(keep, device=self.mask.device)
-        self.rows = [self.rows[i] for i in keep]
-        self.mask = self.mask.index_select(0, idx)
-        lead = int((self.mask.cumsum(-1) == 0).sum(-1).min())
-        self.mask = self.mask[:, lead:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[..., lead:, :]
-            layer.values = layer.values.index_select(0, idx)[..., lead:, :]
-
-
-def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 # ---------------------------------------------------------------- the engine
@@ -250,7 +200,7 @@ class HFEngine:
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._waiting: collections.deque[Generation] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._batch = _Batch()
+        self._batch: RunningBatch[_Row] = RunningBatch()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self.requests = 0
         self.cancelled = 0
@@ -326,7 +276,7 @@ class HFEngine:
             except Exception as exc:  # an engine fault fails the requests in flight, not the server
                 log.exception("generation step failed")
                 failed = {r.gen for r in self._batch.rows} | set(admitted)
-                self._batch = _Batch()
+                self._batch: RunningBatch[_Row] = RunningBatch()
                 events = [(g, Failed(f"generation failed: {exc}")) for g in failed]
             for gen, event in events:
                 gen._put(event)
@@ -362,16 +312,18 @@ class HFEngine:
         self.cancelled += len({r.gen for r in batch.rows if r.gen.cancelled})
         batch.keep(live)
         if batch.rows:
-            last = torch.tensor([[r.tokens[-1]] for r in batch.rows], device=self.device)
-            mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=-1)
-            positions = batch.mask.sum(-1, keepdim=True)
-            out = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
-                             past_key_values=batch.cache, use_cache=True)
-            batch.cache, batch.mask = out.past_key_values, mask
+            inputs = batch.decode_inputs([r.tokens[-1] for r in batch.rows], self.device)
+            out = self.model(**inputs)
+            batch.stepped(out.past_key_values, inputs["attention_mask"])
             self._advance(batch.rows, out.logits[:, -1, :], events)
         for gen in admitted:
-            rows, cache, mask, logits = self._prefill(gen)
-            self._advance(rows, logits, events)
+            try:
+                rows, cache, mask, logits = self._prefill(gen)
+                self._advance(rows, logits, events)
+            except Exception as exc:  # one bad request must not take the batch down
+                log.exception("prefill failed")
+                events.append((gen, Failed(f"generation failed: {exc}")))
+                continue
             batch.add(rows, cache, mask)
         batch.keep([i for i, r in enumerate(batch.rows) if not r.done])
         self.peak_rows = max(self.peak_rows, len(batch.rows))

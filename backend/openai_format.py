@@ -153,8 +153,8 @@ def parse_request(route: Route, raw: bytes, *, max_n: int = 16) -> GenerationReq
     if max_tokens is None:
         max_tokens = _opt_int(body, "max_tokens", 1)
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise RequestError("'seed' must be an integer", param="seed")
+    if seed is not None and not (_is_int(seed) and -2**63 <= seed < 2**63):
+        raise RequestError("'seed' must be a 64-bit integer", param="seed")
     stream = body.get("stream", False)
     if stream is None:
         stream = False

@@ -3,6 +3,8 @@
     python -m bench.backend_throughput --model DIR [--max-batch 16] [--max-tokens 64]
     python -m bench.backend_throughput --tiny          # builds the tiny model first
     python -m bench.backend_throughput --base-url http://host:port   # a running server
+    (--threads 1 sets OMP_NUM_THREADS=1 in the backend: far steadier on a shared CPU box,
+    where OpenMP threads spin against other processes.)
 
 Starts `backend.hf_server` in a subprocess on a free loopback port (unless --base-url),
 then, per concurrency level, runs that many clients in a closed loop, each sending
@@ -59,12 +61,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def backend_process(model: str, max_batch: int, device: str, dtype: str):
+def backend_process(model: str, max_batch: int, device: str, dtype: str,
+                    threads: int | None = None):
     port = _free_port()
     code = ("import sys; from backend.hf_server import serve; "
             "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), sys.argv[3], sys.argv[4], "
             "int(sys.argv[5]))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen([sys.executable, "-c", code, model, str(port), device, dtype,
                              str(max_batch)], env=env)
     base = f"http://127.0.0.1:{port}"
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for the backend (1 is steadier on a busy CPU box)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -156,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
             model = tmp
             make_tiny_model(model)
-        with backend_process(model, args.max_batch, args.device, args.dtype) as base:
+        with backend_process(model, args.max_batch, args.device, args.dtype,
+                             args.threads) as base:
             bench(base)
 
 

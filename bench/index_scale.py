@@ -29,6 +29,11 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def faiss_bytes(index: SemanticIndex) -> int:
+    """Bytes FAISS holds for the bench partition: vectors, HNSW graph, id maps."""
+    return index.memory_bytes(PARTITION)
+
+
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -51,7 +56,7 @@ async def build(index: SemanticIndex, x: np.ndarray, batch: int, label: str) -> 
             progress(f"{label}: {e:,} added, {time.perf_counter() - t0:.1f}s, kind={index.kind(PARTITION)}")
     seconds = time.perf_counter() - t0
     return {"kind": index.kind(PARTITION), "build_s": round(seconds, 2), "adds_per_s": round(len(x) / seconds),
-            "rss_delta_mib": round((rss_bytes() - rss0) / 2**20)}
+            "faiss_mib": round(faiss_bytes(index) / 2**20), "rss_delta_mib": round((rss_bytes() - rss0) / 2**20)}
 
 
 async def latencies(index: SemanticIndex, queries: np.ndarray, k: int) -> tuple[list[str], dict]:

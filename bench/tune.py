@@ -172,7 +172,8 @@ def embedder_config_from(config_path: str | None) -> tuple[object, bool]:
 
 
 def pair_similarities(pairs: Sequence[Pair], embedder_config: object, quiet: bool = False) -> tuple[np.ndarray, str]:
-    texts = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    # Length order keeps each batch's padding small.
+    texts = sorted({p.a for p in pairs} | {p.b for p in pairs}, key=lambda t: (len(t), t))
     index = {t: i for i, t in enumerate(texts)}
     if quiet:
         vectors, model = embed_texts(texts, embedder_config)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from proxy import completions
 from proxy.errors import error_response
@@ -36,13 +37,16 @@ def create_app(settings: Settings, services_factory: ServicesFactory = build_ser
     async def _unexpected(_request: Request, exc: Exception) -> Response:
         return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
 
-    @app.post("/v1/chat/completions")
+    # The cached routes are plain Starlette routes: they take only the Request, so FastAPI's
+    # per-request dependency solving would be pure overhead on the hit path.
     async def chat(request: Request) -> Response:
         return await completions.handle(request, "chat", request.app.state.svc)
 
-    @app.post("/v1/completions")
     async def complete(request: Request) -> Response:
         return await completions.handle(request, "completion", request.app.state.svc)
+
+    app.router.routes.append(Route("/v1/chat/completions", chat, methods=["POST"]))
+    app.router.routes.append(Route("/v1/completions", complete, methods=["POST"]))
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def other(request: Request, path: str) -> Response:

@@ -45,6 +45,27 @@ class Metrics(LayerEvents):
         self.rejected = Counter("stratacache_rejected_total", "Requests refused by limits", ["reason"], registry=r)
         self.inflight = Gauge("stratacache_inflight_upstream", "Upstream requests in flight", registry=r)
 
+        self._req_children: dict[tuple, tuple] = {}
+        self._hit_children: dict[str, object] = {}
+
+    def record_request(self, route: str, code: int, cache: str, layer: str, seconds: float, streaming: bool) -> None:
+        """Labelled children are cached: `.labels()` costs more than the increment itself."""
+        k = (route, code, cache, layer)
+        ch = self._req_children.get(k)
+        if ch is None:
+            ch = self._req_children[k] = (self.requests.labels(route, str(code), cache, layer),
+                                          self.latency.labels(cache), self.ttfb.labels(cache))
+        ch[0].inc()
+        if not streaming:
+            ch[1].observe(seconds)
+            ch[2].observe(seconds)
+
+    def hits_by_layer(self, layer: str) -> None:
+        ch = self._hit_children.get(layer)
+        if ch is None:
+            ch = self._hit_children[layer] = self.hits.labels(layer)
+        ch.inc()
+
     # LayerEvents
     def layer_error(self, layer: str, op: str, exc: BaseException) -> None:
         self.layer_errors.labels(layer, op).inc()

@@ -48,6 +48,25 @@ class Services:
     _active: dict[str, int] = field(default_factory=dict)
     _refreshing: set[str] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    decisions: dict = field(default_factory=dict)
+
+    MEMO_MAX_BODY = 16 * 1024
+    MEMO_MAX_ENTRIES = 8192
+
+    def decision_memo_key(self, route: str, raw: bytes, headers: Mapping[str, str]) -> tuple | None:
+        """Everything a Decision is a function of (config aside, fixed for the process)."""
+        if len(raw) > self.MEMO_MAX_BODY:
+            return None
+        t = self.settings.tenant
+        cred = (headers.get("authorization"), headers.get("api-key")) if t.mode == "token" else (
+            headers.get(t.header) if t.mode == "header" else None)
+        return (route, raw, cred, headers.get("x-cache-namespace"), headers.get("cache-control"),
+                headers.get("x-cache-tags"))
+
+    def remember_decision(self, key: tuple, d: Decision) -> None:
+        if len(self.decisions) >= self.MEMO_MAX_ENTRIES:
+            self.decisions.clear()  # cheap and bounded; repeats refill it at once
+        self.decisions[key] = d
 
     # -- policy lookups ----------------------------------------------------------------
     def tenant_of(self, headers: Mapping[str, str]) -> str:
@@ -236,7 +255,8 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
                    redis_bg=bg_client,
-                   embedded_redis=embedded, vector_store=store, owns_embedder=owns_embedder)
+                   embedded_redis=embedded, vector_store=store, owns_embedder=owns_embedder,
+                   access_log=settings.access_log)
     from cache.invalidator import Invalidator
 
     svc.invalidator = Invalidator(cache=cache, bans=bans, bus=None, clock=clock)

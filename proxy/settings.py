@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     upstream_http: UpstreamSettings = UpstreamSettings()
     coalesce: CoalesceSettings = CoalesceSettings()
     log_prompts: bool = False
+    access_log: bool = True
     log_level: str = "info"
 
     @classmethod

@@ -50,3 +50,22 @@ def test_stop_helpers():
     assert held_back("the end o", ("of course",)) == 1
     assert held_back("nothing", ("xyz",)) == 0
     assert held_back("anything", ()) == 0
+
+
+def test_plain_prompt_fallback_without_a_chat_template(tiny_model_dir):
+    import orjson
+
+    from backend.hf_engine import HFEngine, load_model
+    from backend.openai_format import parse_request
+
+    model, tok, device = load_model(tiny_model_dir, "cpu", "fp32")
+    tok.chat_template = None
+    engine = HFEngine(model, tok, device, max_batch=2)
+    try:
+        req = parse_request("chat", orjson.dumps({"model": "m", "messages": [
+            {"role": "system", "content": "Be short."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}))
+        expected = tok("system: Be short.\nuser: hi\nassistant:")["input_ids"]
+        assert engine.prompt_ids(req) == expected
+    finally:
+        engine.close()
