@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, help="requests in flight (overrides the scenario's)")
     r.add_argument("--no-peers", action="store_true", help="skip the peers the scenario names")
     r.add_argument("--no-direct", action="store_true", help="skip the direct-to-backend baseline")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="proxy config override, e.g. --set semantic.threshold=0.93 (repeatable)")
+    r.add_argument("--proxy-config", metavar="FILE",
+                   help="YAML merged over the scenario's proxy config (e.g. one written by `stratacache tune`)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -70,10 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"stratacache bench: {exc}", file=sys.stderr)
         return 2
+    from bench.runner import deep_merge, parse_overrides
+
+    try:
+        overrides = {}
+        if args.proxy_config:
+            import yaml
+
+            overrides = yaml.safe_load(Path(args.proxy_config).read_text()) or {}
+        overrides = deep_merge(overrides, parse_overrides(args.set))
+    except (OSError, ValueError) as exc:
+        print(f"stratacache bench: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out or Path("out") / "bench" / sc.name)
     opts = RunOptions(out=out, backend_url=args.backend_url, proxy_url=args.proxy_url, data=args.data,
                       limit=args.limit, count=args.count, concurrency=args.concurrency, peers=not args.no_peers,
-                      direct=not args.no_direct, quiet=args.quiet)
+                      direct=not args.no_direct, quiet=args.quiet, proxy_overrides=overrides)
     try:
         results = run_scenario(sc, opts)
     except (DataError, ProcessError) as exc:

@@ -42,6 +42,31 @@ class RunOptions:
     quiet: bool = False
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    proxy_overrides: dict = field(default_factory=dict)  # merged over the scenario's proxy config
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`semantic.threshold=0.93` -> {"semantic": {"threshold": 0.93}} (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 # --------------------------------------------------------------------------- workload
@@ -299,7 +324,8 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
         proxy_url = opts.proxy_url
         if proxy_url is None:
             redis = await asyncio.to_thread(group.redis)
-            config = {"log_level": "warning", **sc.proxy}
+            config = deep_merge({"log_level": "warning", **sc.proxy}, opts.proxy_overrides)
+            results["proxy_config"] = config
             progress.log(f"starting proxy (redis {redis.url}); loading the embedder can take a minute")
             proxy_url = await asyncio.to_thread(group.proxy, backend_url, config, redis_url=redis.url)
         elif sc.fault:
@@ -350,6 +376,9 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
     groups = scoring.answer_groups(all_records)
     nominal = {"nominal_ttft_ms": sc.nominal.ttft_ms, "nominal_tokens_per_s": sc.nominal.tokens_per_s}
     direct_latency = None
+    tokens = [r.completion_tokens for r in all_records if r.ok and r.completion_tokens]
+    nominal_ms = sc.nominal.ttft_ms + (1000.0 * sum(tokens) / len(tokens) / sc.nominal.tokens_per_s if tokens else 0.0)
+    results["nominal_backend_ms"] = round(nominal_ms, 1)
     if direct is not None:
         results["targets"][DIRECT] = scoring.summarize(direct["records"], groups, phase_walls=direct["walls"],
                                                        backend_requests=direct["backend_requests"], **nominal)
@@ -360,7 +389,8 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
                                                      backend_requests=run["backend_requests"], **nominal)
         results["timelines"][name] = scoring.timeline(run["records"], TIMELINE_WINDOW_S)
         if direct is not None:
-            results["comparison"][name] = scoring.comparison(results["targets"][name], results["targets"][DIRECT])
+            results["comparison"][name] = scoring.comparison(results["targets"][name], results["targets"][DIRECT],
+                                                             nominal_ms)
     if sc.fault:
         results["fault"] = _fault_summary(ours["records"], events, sc)
     if sc.workload.kind == "burst":

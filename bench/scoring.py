@@ -161,9 +161,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
-def comparison(ours: dict, direct: dict) -> dict:
-    """Ratios of a cache target against the direct baseline."""
+def comparison(ours: dict, direct: dict, nominal_backend_ms: float | None = None) -> dict:
+    """Ratios of a cache target against the direct baseline (and, for hits, against the
+    nominal backend's latency for the same answers)."""
     return {
+        "hit_p50_over_nominal_backend": ratio(ours["latency"]["hit"].get("p50_ms"), nominal_backend_ms),
         "hit_p50_over_direct_p50": ratio(ours["latency"]["hit"].get("p50_ms"), direct["latency"]["all"].get("p50_ms")),
         "miss_p50_over_direct_p50": ratio(ours["latency"]["miss"].get("p50_ms"), direct["latency"]["all"].get("p50_ms")),
         "miss_overhead_p50_ms": (round(ours["latency"]["miss"]["p50_ms"] - direct["latency"]["all"]["p50_ms"], 3)

@@ -189,7 +189,7 @@ class SemanticIndex:
         removed = self._detach(keys)
         if not removed:
             return 0
-        inline = all(self._inline(p, 0) for p in removed)
+        inline = all(self._inline(p, len(ids)) for p, ids in removed.items())  # size before removal
         await self._call(inline, self._remove_blocking, removed)
         return sum(len(ids) for ids in removed.values())
 
@@ -236,6 +236,24 @@ class SemanticIndex:
             return 0
         with part.lock:
             return len(part.tombstones)
+
+    def memory_bytes(self, partition: str | None = None) -> int:
+        """Approximate bytes FAISS holds for one partition (or all): vectors, HNSW graph,
+        id maps (`IndexIDMap2`'s reverse map estimated at 48 bytes an entry)."""
+        with self._registry:
+            if partition is None:
+                parts = list(self._parts.values())
+            else:
+                parts = [self._parts[partition]] if partition in self._parts else []
+        total = 0
+        for part in parts:
+            with part.lock:
+                n = part.index.ntotal
+                total += n * (4 * self.dim + 8 + 48)
+                if part.hnsw:
+                    graph = faiss.downcast_index(part.index.index).hnsw
+                    total += graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+        return total
 
     def get_vector(self, key: Key) -> np.ndarray | None:
         """The stored vector of `key`, or None. Blocking (takes the partition's lock)."""

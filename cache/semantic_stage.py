@@ -8,11 +8,13 @@ The index holds keys, not values: values come from the exact layers. Blocking wo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cache.breaker import CircuitBreaker, CircuitOpen
 from cache.entry import Entry, Key
 from cache.layer import LayerError
 from embeddings.protocol import Embedder, EmbeddingError
@@ -28,8 +30,9 @@ Verifier = Callable[[str, str], Any]
 
 class SemanticStage:
     def __init__(self, *, embedder: Embedder, index: Any, store: Any | None, consider_threshold: float, k: int,
-                 verifier: Verifier | None, events: "LayerEvents") -> None:
+                 verifier: Verifier | None, events: "LayerEvents", breaker: CircuitBreaker | None = None) -> None:
         self.embedder = embedder
+        self.breaker = breaker or CircuitBreaker(5, 5.0, time.monotonic)
         self.index = index
         self.store = store
         self.consider = consider_threshold
@@ -38,7 +41,18 @@ class SemanticStage:
         self.events = events
 
     async def embed_one(self, text: str) -> np.ndarray:
-        return (await self.embedder.embed([text]))[0]
+        """Raises EmbeddingError or TimeoutError; fails fast while the breaker is open."""
+        try:
+            self.breaker.check()
+        except CircuitOpen as exc:
+            raise EmbeddingError("embedder circuit open") from exc
+        try:
+            vec = (await self.embedder.embed([text]))[0]
+        except (EmbeddingError, TimeoutError):
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return vec
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
                      max_age: float | None) -> "Lookup":

@@ -36,7 +36,11 @@ def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class Upstream:
     def __init__(self, base_url: str, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
+        # The transport retries only connection failures: nothing was sent, so it is safe.
+        # Once a byte is on the wire the request is never retried.
         self._client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(retries=2, limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections)),
             base_url=self.base_url,
             timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -187,3 +187,12 @@ async def test_concurrent_adds_searches_removes_across_a_rebuild(rng):
     for key, (p, v) in list(expected.items())[::7]:
         np.testing.assert_allclose(index.get_vector(key), v)
         assert (await index.search(v, p, 1))[0][0] == key
+
+
+async def test_memory_bytes_counts_vectors_and_graph(rng):
+    index = SemanticIndex(DIM, flat_max=20)
+    await index.add_many([f"f{i}" for i in range(10)], unit(rng, 10), "flat")
+    await index.add_many([f"h{i}" for i in range(40)], unit(rng, 40), "hnsw")
+    flat, hnsw = index.memory_bytes("flat"), index.memory_bytes("hnsw")
+    assert flat >= 10 * DIM * 4 and hnsw > 40 * DIM * 4 * 1.2  # the graph costs extra
+    assert index.memory_bytes() == flat + hnsw and index.memory_bytes("nope") == 0

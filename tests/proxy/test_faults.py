@@ -109,3 +109,43 @@ async def test_per_tenant_concurrency_limit_is_a_429_with_retry_after(make_proxy
         limited = next(r for r in res if r.status_code == 429)
         assert limited.headers["retry-after"] and limited.json()["error"]["code"] == "rate_limit_exceeded"
         assert other.status_code == 200  # one tenant's burst does not hurt another
+
+
+def test_sigterm_drains_an_in_flight_stream(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port
+
+    with serving(sim_app(ttft_ms=0, tokens_per_s=20)) as slow:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--upstream", slow, "--port", str(port),
+                                 "--redis-url", "", "--no-semantic", "--state-dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+            body = {"model": "sim", "messages": [{"role": "user", "content": "drain me"}], "max_tokens": 30,
+                    "stream": True}
+            raw = b""
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+                for chunk in r.iter_bytes():
+                    if not raw:
+                        os.kill(proc.pid, signal.SIGTERM)  # mid-stream: ~1.5 s of tokens still to come
+                    raw += chunk
+            assert raw.rstrip().endswith(b"data: [DONE]") and b'"finish_reason":"' in raw
+            assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        finally:
+            if proc.poll() is None:
+                proc.kill()
