@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -87,9 +88,9 @@ class Driver:
         self.t0 = 0.0
 
     async def run(self, phases: Sequence[Phase], on_done: Callable[[Record], None] | None = None,
-                  on_phase: Callable[[Phase, float, float], None] | None = None) -> list[Record]:
+                  on_phase: Callable[[Phase, float, float], object] | None = None) -> list[Record]:
         """All phases in order. `on_phase(phase, start, end)` gets each phase's wall clock
-        (seconds since the run began)."""
+        (seconds since the run began); when it returns an awaitable, the next phase waits for it."""
         max_c = max([self.concurrency] + [p.concurrency or 0 for p in phases])
         limits = httpx.Limits(max_connections=max_c + 4, max_keepalive_connections=max_c + 4)
         records: list[Record] = []
@@ -103,7 +104,9 @@ class Driver:
                 records.extend(recs)
                 index += len(phase.steps)
                 if on_phase:
-                    on_phase(phase, start, time.perf_counter() - self.t0)
+                    done = on_phase(phase, start, time.perf_counter() - self.t0)
+                    if inspect.isawaitable(done):
+                        await done  # e.g. reads the backend's counters before the next phase
         return records
 
     async def _phase(self, client: httpx.AsyncClient, phase: Phase, base: int,

@@ -165,7 +165,13 @@ def multi_turn(conversations: Sequence[Conversation], followups: Sequence[str], 
     - the follow-up without its context: different (it means something else alone).
     """
     rng = random.Random(seed)
-    convs = list(conversations)
+    # Data files repeat conversations: a repeat would turn a "different" probe into a
+    # byte-identical copy of another conversation's seed.
+    convs, seen = [], set()
+    for c in conversations:
+        if (c.first, c.answer) not in seen:
+            seen.add((c.first, c.answer))
+            convs.append(c)
     if limit is not None and limit < len(convs):
         convs = rng.sample(convs, limit)
     streams = _Streams(stream, seed)
@@ -197,8 +203,22 @@ def multi_turn(conversations: Sequence[Conversation], followups: Sequence[str], 
                                "generic-other-context"))
         probes.append(Step(body([user(c.follow_up)]), f"c{i}.follow-alone", "different",
                            "follow-up-alone"))
+    # A probe identical to an earlier request (the data repeats follow-ups) would be an
+    # exact hit that its label calls "different": keep the first of each.
+    sent = {_messages_key(s.body) for s in seeds}
+    unique = []
+    for p in probes:
+        k = _messages_key(p.body)
+        if k not in sent:
+            sent.add(k)
+            unique.append(p)
+    probes = unique
     rng.shuffle(probes)
     return [Phase("seed", seeds, measure=False), Phase("probe", probes)]
+
+
+def _messages_key(body: dict) -> str:
+    return repr(body["messages"])
 
 
 def zipf_ranks(n_items: int, count: int, s: float, rng: random.Random) -> list[int]:

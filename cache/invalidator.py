@@ -42,14 +42,14 @@ class Invalidator:
     # -- applied on every replica (this one directly, others through the bus) --------------
     async def apply_ban(self, ban: Ban) -> int:
         self.bans.add(ban)
-        n = 0
-        for key, entry in self.cache.l1.items():
-            if matches(ban, entry):
-                await self.cache.l1.delete(key)
-                n += 1
-        return n
+        gone = [key for key, entry in self.cache.l1.items() if matches(ban, entry)]
+        for key in gone:
+            await self.cache.l1.delete(key)
+        self.cache.mark_refetch(gone)
+        return len(gone)
 
     async def apply_purge(self, keys: list[Key]) -> None:
+        self.cache.mark_refetch(keys)
         for k in keys:
             await self.cache.l1.delete(k)
             if self.cache.semantic is not None:
@@ -64,10 +64,16 @@ class Invalidator:
             except LayerError as exc:
                 self.cache.events.layer_error("redis", "ban", exc)
         swept = await self.sweep([ban])
-        return max(local, swept)
+        if swept and self.bus is not None:
+            try:  # every replica marks what left L2 for a fresh fetch
+                await self.bus.publish_purge(swept)
+            except LayerError as exc:
+                self.cache.events.layer_error("redis", "purge", exc)
+        return max(local, len(swept))
 
     async def purge(self, keys: list[Key]) -> int:
         n = 0
+        self.cache.mark_refetch(keys)
         for k in keys:
             n += bool(await self.cache.delete(k))
         if self.bus is not None:
@@ -92,14 +98,15 @@ class Invalidator:
             keys.append(key)
         return await self.purge(keys)
 
-    async def sweep(self, bans: list[Ban] | None = None) -> int:
-        """Delete from L2 (and the index) every entry a ban matches, within a time budget."""
+    async def sweep(self, bans: list[Ban] | None = None) -> list[Key]:
+        """Delete from L2 (and the index) every entry a ban matches, within a time budget;
+        returns the keys deleted."""
         bans = list(self.bans) if bans is None else bans
         l2 = self.cache.l2
         if not bans or l2 is None:
-            return 0
+            return []
         deadline = time.monotonic() + self.sweep_budget_s
-        n = 0
+        n: list[Key] = []
         try:
             async for key in l2.scan():
                 if time.monotonic() > deadline:
@@ -111,7 +118,7 @@ class Invalidator:
                     continue
                 if e and any(matches(b, e) for b in bans):
                     await self.cache.delete(key)
-                    n += 1
+                    n.append(key)
         except LayerError as exc:
             self.cache.events.layer_error("redis", "sweep", exc)
         return n

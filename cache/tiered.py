@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import TTLCache
 
 from cache.bans import BanList
 from cache.entry import MISS, Entry, Key, Miss
@@ -68,6 +69,14 @@ class TieredCache:
         self.bans = bans
         self.clock = clock
         self.events = events
+        # Keys invalidated on this replica: the next lookup of each goes upstream, even if
+        # another replica stored a fresh copy in L2 meanwhile, so an operator sees every
+        # replica answer anew after an invalidation. Bounded, and forgotten after an hour.
+        self.refetch: TTLCache = TTLCache(maxsize=100_000, ttl=3600)
+
+    def mark_refetch(self, keys) -> None:
+        for k in keys:
+            self.refetch[k] = True
 
     def _judge(self, entry: Entry, layer: str, key: Key, now: float, max_age: float | None) -> Hit | None:
         if self.bans.blocks(entry):
@@ -117,6 +126,8 @@ class TieredCache:
 
     async def lookup(self, *, key: Key, max_age: float | None, semantic_text: str | None, partition: str,
                      threshold: float) -> Lookup:
+        if self.refetch and self.refetch.pop(key, None) is not None:
+            return Lookup(None, NO_PROBE)  # invalidated here: answer anew, from no layer
         hit = await self.exact(key, max_age)
         if hit is not None:
             return Lookup(hit, NO_PROBE)

@@ -57,17 +57,22 @@ def test_each_ban_kind_takes_effect_on_both_replicas_and_spares_the_rest(pair, s
     assert invalidate(a, spec) >= 1
     clock.advance(1)
     assert ask(b, "banned question", **seed_kw) == "MISS"  # gone from b's L1 and from L2
-    # the answer stored by that MISS is newer than the ban, so it is served again
+    assert ask(a, "banned question", **seed_kw) == "MISS"  # each replica answers anew once
+    # the answer stored by those MISSes is newer than the ban, so it is served again
     assert ask(a, "banned question", **seed_kw) == "HIT"
     for px in (b, a):
         assert ask(px, "spared question", **spared_kw) == "HIT"
 
 
-def test_ban_makes_the_next_request_a_miss_on_the_other_replica(pair):
-    a, b, _ = pair
+def test_ban_makes_the_next_request_a_miss_on_every_replica(pair):
+    a, b, clock = pair
     seeded(a, b, "refund policy for shoes", tags="refunds")
     invalidate(a, {"tags": ["refunds"]})
-    assert ask(b, "refund policy for shoes", tags="refunds") == "MISS"
+    clock.advance(1)
+    # a's MISS stores a fresh answer in L2, yet b still answers anew after the invalidation
+    assert ask(a, "refund policy for shoes") == "MISS"
+    assert ask(b, "refund policy for shoes") == "MISS"
+    assert ask(b, "refund policy for shoes") == "HIT"
 
 
 def test_purge_one_exact_request_on_every_tenant(pair):
