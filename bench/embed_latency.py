@@ -5,8 +5,8 @@
 Engines: torch (sentence-transformers), ONNX Runtime fp32 and int8, each exported once
 into --cache-dir. Texts: the questions of --pairs (QQP-style CSV: question1, question2,
 is_duplicate; default /work/shared/data/qqp-val/pairs.csv when present), else the probe texts.
-Single-query latency (tokenise + run + pool, one text per call, engines interleaved so
-that noise from other processes hits them alike), batch throughput (64 texts a call),
+Single-query latency (tokenise + run + pool, one text per call, in interleaved blocks of
+one engine), batch throughput (64 texts a call),
 vector agreement with torch (cosine, mean and worst), and on the labelled pairs: each
 engine's ROC AUC and how far its pair similarities move from torch's, with the share of
 pairs whose side of --threshold changes. Last, the async BatchingEmbedder over the
@@ -52,13 +52,18 @@ def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(samples, q) * 1e3)
 
 
-def single_query_latency(backends: dict, texts: list[str]) -> dict[str, list[float]]:
+def single_query_latency(backends: dict, texts: list[str], rounds: int = 4) -> dict[str, list[float]]:
+    """Blocks of one engine at a time, the blocks interleaved: noise from other processes
+    hits every engine alike, and one engine's idle threads (torch's OpenMP pool spins after
+    each call) do not slow the next engine down call by call."""
     samples: dict[str, list[float]] = {name: [] for name in backends}
-    for text in texts:
+    per_round = max(1, len(texts) // rounds)
+    for start in range(0, len(texts), per_round):
         for name, backend in backends.items():
-            started = time.perf_counter()
-            backend.encode([text])
-            samples[name].append(time.perf_counter() - started)
+            for text in texts[start:start + per_round]:
+                started = time.perf_counter()
+                backend.encode([text])
+                samples[name].append(time.perf_counter() - started)
     return samples
 
 

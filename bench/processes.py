@@ -115,6 +115,7 @@ class ProcessGroup:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.children: list[Child] = []
+        self.started: list[dict] = []  # name and pid of every child stopped by close()
 
     def add(self, child: Child) -> Child:
         self.children.append(child)
@@ -122,6 +123,8 @@ class ProcessGroup:
 
     def close(self) -> None:
         for child in reversed(self.children):
+            if child.proc is not None:
+                self.started.append({"name": child.name, "pid": child.proc.pid})
             try:
                 child.stop()
             except Exception:  # noqa: BLE001 - keep stopping the others

@@ -376,6 +376,7 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
         elif sc.peers:
             results["peers"] = {p: {"status": "skipped", "detail": "--no-peers"} for p in sc.peers}
 
+    results["processes"] = group.started
     groups = scoring.answer_groups(all_records)
     nominal = {"nominal_ttft_ms": sc.nominal.ttft_ms, "nominal_tokens_per_s": sc.nominal.tokens_per_s}
     direct_latency = None

@@ -11,7 +11,7 @@ verifier passes the pair. Over the pairs:
     false-hit rate  served pairs that are labelled different / pairs labelled different
 
 The recommendation is the threshold whose false-hit rate is at or below the target with
-the most pairs served (ties: fewer false hits, then the higher threshold), rounded up to
+the most pairs served (ties: fewer false hits, then the higher threshold), on a grid of
 four decimals. A held-out check picks the threshold on 70% of the pairs and measures it
 on the other 30%, to show how far the figure moves on pairs it was not chosen on.
 """
@@ -120,8 +120,9 @@ def operating_point(similarity: np.ndarray, label: np.ndarray, threshold: float,
 
 def recommend(similarity: np.ndarray, label: np.ndarray, target_false_hit_rate: float,
               accepted: np.ndarray | None = None, decimals: int = 4) -> Operating | None:
-    """The threshold meeting the target with the most true hits, rounded up to `decimals`
-    (rounding up only removes served pairs, so the target still holds). None: no
+    """The threshold meeting the target with the most true hits (ties: fewer false hits,
+    then the higher threshold), on a grid of `decimals` decimals: the grid point below or
+    above the exact similarity, whichever still meets the target with more hits. None: no
     threshold serves anything within the target."""
     sw = sweep(similarity, label, accepted)
     ok = np.nonzero(sw.false_hit_rate <= target_false_hit_rate)[0]
@@ -131,8 +132,13 @@ def recommend(similarity: np.ndarray, label: np.ndarray, target_false_hit_rate: 
     if sw.true_hits[best] == 0:
         return None
     scale = 10 ** decimals
-    t = math.ceil(float(sw.thresholds[best]) * scale - 1e-9) / scale
-    return operating_point(similarity, label, min(t, 1.0), accepted)
+    exact = float(sw.thresholds[best])
+    grid = {min(math.floor(exact * scale + 1e-9) / scale, 1.0), min(math.ceil(exact * scale - 1e-9) / scale, 1.0)}
+    ops = [operating_point(similarity, label, t, accepted) for t in sorted(grid)]
+    ops = [op for op in ops if op.false_hit_rate <= target_false_hit_rate and op.true_hits > 0]
+    if not ops:
+        return None
+    return min(ops, key=lambda op: (-op.true_hits, op.false_hits, -op.threshold))
 
 
 # --------------------------------------------------------------------------- embedding

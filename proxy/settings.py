@@ -38,7 +38,8 @@ class EmbedderSettings(_Section):
 
 class SemanticSettings(_Section):
     enabled: bool = True
-    threshold: float = Field(default=0.86, gt=0, le=1, description="cosine at or above which a verified candidate is served")
+    threshold: float = Field(default=0.944, gt=0, le=1,
+                             description="cosine at or above which a verified candidate is served")
     consider_threshold: float = Field(default=0.80, gt=0, le=1, description="candidates below are never looked at")
     verify: bool = True
     k: int = Field(default=4, ge=1, le=64)

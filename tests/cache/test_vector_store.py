@@ -157,3 +157,24 @@ async def test_outage_publish_fails_fast_and_follow_recovers(clients, redis_proc
             redis_proc.start()
         stop.set()
         await asyncio.wait_for(task, 3)
+
+
+async def test_publish_has_its_own_deadline_when_redis_hangs(redis_url, redis_proc, rng):
+    import os
+    import signal
+
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    s = RedisVectorStore(client, timeout=0.3)
+    await s.publish_add("warm", unit(rng), "p")  # a pooled connection exists
+    os.kill(redis_proc.proc.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LayerError):
+            await s.publish_add("hung", unit(rng), "p")
+        assert time.monotonic() - t0 < 1.0  # the store's deadline, not the 5 s socket timeout
+    finally:
+        os.kill(redis_proc.proc.pid, signal.SIGCONT)
+    await s.publish_add("after", unit(rng), "p")
+    # a deadline means "outcome unknown": the MULTI already sent may still have run
+    assert {b"warm", b"after"} <= set(await client.hkeys(s.hash_key))
+    await client.aclose()

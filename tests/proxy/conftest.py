@@ -87,4 +87,4 @@ def embedder():
     asyncio.run(emb.aclose())
 
 
-SEMANTIC_ON = {"enabled": True, "threshold": 0.86, "consider_threshold": 0.8, "verify": True}
+SEMANTIC_ON = {"enabled": True, "threshold": 0.9, "consider_threshold": 0.8, "verify": True}
