@@ -22,7 +22,8 @@ rebuilds in full whenever it cannot be sure it saw every event: after any Redis 
 stream was trimmed past its position (it fell more than `stream_maxlen` events behind).
 
 Failure policy: every Redis call has a deadline (`timeout`, on top of the client's socket
-timeouts). `publish_*` and `rebuild` raise `LayerError`; `follow` never raises except on
+timeouts). `publish_*` and `rebuild` raise `LayerError`; after a deadline the outcome is
+unknown (a MULTI already sent may still run). `follow` never raises except on
 cancellation: it logs, counts (`stats`), backs off (bounded) and rebuilds.
 
 The client must be created with `decode_responses=False` (vectors are raw bytes). The hash

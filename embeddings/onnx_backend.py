@@ -17,6 +17,7 @@ drop in hit rate.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -197,6 +198,7 @@ def ensure_export(model_path: Path, cache_dir: Path, *, quantize: bool) -> Path:
 
 def export_model(model_path: Path, out_dir: Path) -> None:
     """Write model.onnx, tokenizer.json, probe.npy and pipeline.json for `model_path` into `out_dir`."""
+    _require("onnx")  # before the seconds of loading torch models
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
@@ -254,6 +256,7 @@ def quantize_model(fp32_path: Path, out_path: Path) -> None:
     Not `quantize_dynamic`: its one activation scale per tensor is set by BERT's outlier
     channels, which moves short texts' vectors to cosine 0.95-0.97 of torch's ("thanks",
     "ok"); per-block scales keep every probe text above 0.997, at about 1.5x the latency."""
+    _require("onnx", "onnx_ir")
     import onnx
 
     root = logging.getLogger()
@@ -269,6 +272,12 @@ def quantize_model(fp32_path: Path, out_path: Path) -> None:
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(out_path))
+
+
+def _require(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxExportError(f"exporting needs the Python package(s) {', '.join(missing)}")
 
 
 def _fuse(traced: Path, out_path: Path, config) -> None:

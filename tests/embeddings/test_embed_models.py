@@ -113,7 +113,7 @@ def test_the_export_is_reused(onnx_int8, onnx_cache):
 
 
 async def test_load_embedder_picks_onnx_on_cpu(onnx_int8, onnx_cache, torch_backend):
-    embedder = load_embedder(EmbedderConfig(cache_dir=str(onnx_cache), timeout_s=5))
+    embedder = load_embedder(EmbedderConfig(device="cpu", cache_dir=str(onnx_cache), timeout_s=5))
     try:
         assert isinstance(embedder, Embedder)
         assert embedder.engine == "onnx:int8"
