@@ -90,64 +90,60 @@ class Entry:
         return replace(self, created_at=created_at, ttl=ttl, grace=grace)
 
     # -- serialisation for shared layers (Redis) ---------------------------------
+    # Layout: MAGIC, a 4-byte little-endian header length, the JSON header (metadata,
+    # times, part lengths), then the body, the frames and the usage frame as raw bytes.
+    # The payloads are never escaped or re-encoded, so decoding is a small JSON parse
+    # plus slicing.
     def to_bytes(self) -> bytes:
         m = self.meta
-        return orjson.dumps(
-            {
-                "v": 1,
-                "body": self.body.decode(),
-                "frames": [f.decode() for f in self.frames],
-                "usage_frame": self.usage_frame.decode() if self.usage_frame is not None else None,
-                "created_at": self.created_at,
-                "ttl": self.ttl,
-                "grace": self.grace,
-                "meta": {
-                    "tenant": m.tenant,
-                    "namespace": m.namespace,
-                    "route": m.route,
-                    "model": m.model,
-                    "partition": m.partition,
-                    "semantic_text": m.semantic_text,
-                    "tags": list(m.tags),
-                    "completion_tokens": m.completion_tokens,
-                    "request_digest": m.request_digest,
-                },
-            }
-        )
+        header = orjson.dumps({
+            "created_at": self.created_at, "ttl": self.ttl, "grace": self.grace,
+            "body": len(self.body), "frames": [len(f) for f in self.frames],
+            "usage": len(self.usage_frame) if self.usage_frame is not None else -1,
+            "meta": {"tenant": m.tenant, "namespace": m.namespace, "route": m.route, "model": m.model,
+                     "partition": m.partition, "semantic_text": m.semantic_text, "tags": list(m.tags),
+                     "completion_tokens": m.completion_tokens, "request_digest": m.request_digest},
+        })
+        return b"".join((MAGIC, len(header).to_bytes(4, "little"), header, self.body, *self.frames,
+                         self.usage_frame or b""))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Entry":
         """Raises `CorruptEntry` when the bytes are not an entry of a known version."""
+        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 4:
+            raise CorruptEntry("unknown entry format")
         try:
-            d = orjson.loads(raw)
-            if d.get("v") != 1:
-                raise CorruptEntry(f"unknown entry version {d.get('v')!r}")
-            md = d["meta"]
+            at = len(MAGIC) + 4
+            hlen = int.from_bytes(raw[len(MAGIC):at], "little")
+            h = orjson.loads(raw[at:at + hlen])
+            at += hlen
+            body = raw[at:at + h["body"]]
+            at += h["body"]
+            frames = []
+            for n in h["frames"]:
+                frames.append(raw[at:at + n])
+                at += n
+            usage = None
+            if h["usage"] >= 0:
+                usage = raw[at:at + h["usage"]]
+                at += h["usage"]
+            if at != len(raw):
+                raise CorruptEntry("entry length does not match its header")
+            md = h["meta"]
             meta = EntryMeta(
-                tenant=md["tenant"],
-                namespace=md["namespace"],
-                route=md["route"],
-                model=md["model"],
-                partition=md["partition"],
-                semantic_text=md.get("semantic_text"),
-                tags=tuple(md.get("tags") or ()),
+                tenant=md["tenant"], namespace=md["namespace"], route=md["route"], model=md["model"],
+                partition=md["partition"], semantic_text=md.get("semantic_text"), tags=tuple(md.get("tags") or ()),
                 completion_tokens=int(md.get("completion_tokens") or 0),
-                request_digest=str(md.get("request_digest") or ""),
-            )
-            uf = d.get("usage_frame")
-            return cls(
-                body=d["body"].encode(),
-                frames=tuple(f.encode() for f in d["frames"]),
-                usage_frame=uf.encode() if uf is not None else None,
-                created_at=float(d["created_at"]),
-                ttl=float(d["ttl"]),
-                grace=float(d["grace"]),
-                meta=meta,
-            )
+                request_digest=str(md.get("request_digest") or ""))
+            return cls(body=body, frames=tuple(frames), usage_frame=usage, created_at=float(h["created_at"]),
+                       ttl=float(h["ttl"]), grace=float(h["grace"]), meta=meta)
         except CorruptEntry:
             raise
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptEntry(str(exc)) from exc
+
+
+MAGIC = b"SCE1"
 
 
 class CorruptEntry(ValueError):

@@ -64,50 +64,64 @@ async def handle(request: Request, route: str, svc: Services) -> Response:
             log.info("request", extra=rec)
 
 
+class Refused(Exception):
+    """A request refused before any cache work: carries its error response."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _decision(request: Request, route: str, raw: bytes, svc: Services, base_headers: dict[str, str]) -> Decision:
+    """Validate and decide. Raises Refused with a 4xx in the OpenAI shape."""
+    limits = svc.settings.limits
+    if len(raw) > limits.max_body_bytes:
+        svc.metrics.rejected.labels("body_size").inc()
+        raise Refused(error_response(413, f"request body exceeds {limits.max_body_bytes} bytes",
+                                     code="request_too_large", headers=base_headers))
+    hdrs = request.headers
+    try:
+        body = orjson.loads(raw)
+        validate(route, body)
+        namespace = _namespace(hdrs.get("x-cache-namespace"))
+    except orjson.JSONDecodeError as exc:
+        raise Refused(error_response(400, f"invalid JSON body: {exc}", headers=base_headers)) from None
+    except InvalidRequest as exc:
+        raise Refused(error_response(400, str(exc), param=exc.param, headers=base_headers)) from None
+    ceiling = limits.max_tokens_ceiling
+    if ceiling is not None:
+        for f in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(f), int) and body[f] > ceiling:
+                svc.metrics.rejected.labels("max_tokens").inc()
+                raise Refused(error_response(400, f"{f} exceeds this proxy's ceiling of {ceiling}", param=f,
+                                             code="max_tokens_exceeded", headers=base_headers))
+    return decide(route=route, body=body, tenant=svc.tenant_of(hdrs), namespace=namespace,
+                  cc=parse_cache_control(hdrs.get("cache-control")), tags=parse_tags(hdrs.get("x-cache-tags")),
+                  resolved=svc.resolve(body.get("model", ""), route, namespace),
+                  cacheability=svc.settings.cacheability, semantic_enabled=svc.cache.semantic is not None)
+
+
 async def _handle(request: Request, route: str, svc: Services, rid: str) -> tuple[Response, str, str, Decision | None]:
     base_headers = {"x-request-id": rid}
     raw = await request.body()
-    hdrs = request.headers
-    # Fast path: the same bytes with the same cache headers and credentials always yield
-    # the same decision, so a repeat skips parsing, validation and key derivation.
-    memo_key = svc.decision_memo_key(route, raw, hdrs)
+    # The same bytes with the same cache headers and credentials always yield the same
+    # decision, so a repeat skips parsing, validation and key derivation; an L1 hit then
+    # costs a dict lookup.
+    memo_key = svc.decision_memo_key(route, raw, request.headers)
     d = svc.decisions.get(memo_key) if memo_key is not None else None
-    if d is not None and d.read:
+    if d is None:
+        try:
+            d = _decision(request, route, raw, svc, base_headers)
+        except Refused as r:
+            return r.response, "BYPASS", "", None
+        if memo_key is not None:
+            svc.remember_decision(memo_key, d)
+    elif d.read:
         hit = svc.cache.l1_hit(d.keys.key, d.max_age)
         if hit is not None and not hit.stale:
             svc.metrics.hits_by_layer("L1")
             svc.metrics.tokens_saved.inc(hit.entry.meta.completion_tokens)
             return entry_response(hit.entry, stream=d.stream, include_usage=d.include_usage,
                                   headers=_hit_headers(hit, svc, base_headers)), "HIT", "L1", d
-    limits = svc.settings.limits
-    if len(raw) > limits.max_body_bytes:
-        svc.metrics.rejected.labels("body_size").inc()
-        return (error_response(413, f"request body exceeds {limits.max_body_bytes} bytes", code="request_too_large",
-                               headers=base_headers), "BYPASS", "", None)
-    try:
-        body = orjson.loads(raw)
-        validate(route, body)
-        namespace = _namespace(request.headers.get("x-cache-namespace"))
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, f"invalid JSON body: {exc}", headers=base_headers), "BYPASS", "", None
-    except InvalidRequest as exc:
-        return error_response(400, str(exc), param=exc.param, headers=base_headers), "BYPASS", "", None
-    ceiling = limits.max_tokens_ceiling
-    if ceiling is not None:
-        for f in ("max_tokens", "max_completion_tokens"):
-            if isinstance(body.get(f), int) and body[f] > ceiling:
-                svc.metrics.rejected.labels("max_tokens").inc()
-                return (error_response(400, f"{f} exceeds this proxy's ceiling of {ceiling}", param=f,
-                                       code="max_tokens_exceeded", headers=base_headers), "BYPASS", "", None)
-
-    tenant = svc.tenant_of(request.headers)
-    d = decide(route=route, body=body, tenant=tenant, namespace=namespace,
-               cc=parse_cache_control(request.headers.get("cache-control")),
-               tags=parse_tags(request.headers.get("x-cache-tags")),
-               resolved=svc.resolve(body.get("model", ""), route, namespace),
-               cacheability=svc.settings.cacheability, semantic_enabled=svc.cache.semantic is not None)
-    if memo_key is not None:
-        svc.remember_decision(memo_key, d)
 
     look = Lookup(None, NO_PROBE)
     if d.read:
@@ -116,22 +130,22 @@ async def _handle(request: Request, route: str, svc: Services, rid: str) -> tupl
                                       partition=d.keys.partition, threshold=d.threshold)
         svc.observe_probe(look, d)
         if look.hit is not None:
-            return _hit_response(look.hit, d, svc, request, raw, body, base_headers), \
+            return _hit_response(look.hit, d, svc, request, raw, base_headers), \
                 ("STALE" if look.hit.stale else "HIT"), look.hit.layer, d
         svc.metrics.misses.inc()
 
+    tenant = d.tenant
     if not svc.admit(tenant):
         svc.metrics.rejected.labels("tenant_concurrency").inc()
         return (error_response(429, "too many concurrent requests for this API key", "rate_limit_exceeded",
                                code="rate_limit_exceeded", headers={**base_headers, "retry-after": "1"}),
                 "BYPASS", "", d)
     try:
-        resp, status = await _fetch(request, route, raw, body, d, look, svc, base_headers)
+        resp, status = await _fetch(request, route, raw, orjson.loads(raw), d, look, svc, base_headers)
     except BaseException:
         svc.release(tenant)
         raise
     if isinstance(resp, StreamingResponse):
-        resp.background = None
         _release_after_stream(resp, svc, tenant)
     else:
         svc.release(tenant)
@@ -160,12 +174,12 @@ def _hit_headers(hit: Hit, svc: Services, base: dict[str, str]) -> dict[str, str
     return h
 
 
-def _hit_response(hit: Hit, d: Decision, svc: Services, request: Request, raw: bytes, body: dict,
+def _hit_response(hit: Hit, d: Decision, svc: Services, request: Request, raw: bytes,
                   base: dict[str, str]) -> Response:
     svc.metrics.hits_by_layer(hit.layer)
     svc.metrics.tokens_saved.inc(hit.entry.meta.completion_tokens)
     if hit.stale:
-        svc.refresh_in_background(d, FetchJob(PATHS[d.route], upstream_payload(body, raw, d.stream),
+        svc.refresh_in_background(d, FetchJob(PATHS[d.route], upstream_payload(orjson.loads(raw), raw, d.stream),
                                               request.headers, d, None))
     return entry_response(hit.entry, stream=d.stream, include_usage=d.include_usage,
                           headers=_hit_headers(hit, svc, base))

@@ -13,7 +13,6 @@ One request at a time (a lock), as GPTCache's own server works: its adapter and 
 managers are not documented as thread-safe. Responses carry `X-Cache-Status: HIT|MISS`
 from the adapter's `gptcache` flag, so the bench driver reads them like ours.
 """
-from __future__ import annotations
 
 import argparse
 import sys
