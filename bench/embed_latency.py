@@ -53,9 +53,8 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 
 def single_query_latency(backends: dict, texts: list[str], rounds: int = 4) -> dict[str, list[float]]:
-    """Blocks of one engine at a time, the blocks interleaved: noise from other processes
-    hits every engine alike, and one engine's idle threads (torch's OpenMP pool spins after
-    each call) do not slow the next engine down call by call."""
+    """Blocks of one engine at a time, the blocks interleaved, so that noise from other
+    processes on a shared machine hits every engine alike."""
     samples: dict[str, list[float]] = {name: [] for name in backends}
     per_round = max(1, len(texts) // rounds)
     for start in range(0, len(texts), per_round):
@@ -117,7 +116,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="single-query calls per engine")
     parser.add_argument("--threshold", type=float, default=0.86, help="similarity threshold for the flip count")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "stratacache-bench-onnx"))
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads, torch and ONNX Runtime")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -131,10 +130,10 @@ def main() -> None:
         first = second = labels = None
         texts = PROBE_TEXTS
     print(f"{len(texts)} texts from {args.pairs or 'the probe set'}; {os.cpu_count()} CPUs; "
-          f"ONNX intra-op threads {args.threads}")
+          f"intra-op threads {args.threads}")
 
     started = time.perf_counter()
-    backends = {"torch": SentenceTransformerBackend(device="cpu")}
+    backends = {"torch": SentenceTransformerBackend(device="cpu", threads=args.threads)}
     print(f"torch load {time.perf_counter() - started:.1f}s")
     for name, quantize in (("onnx-fp32", False), ("onnx-int8", True)):
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from bench.driver import Driver, Record
 from bench.processes import ProcessGroup, RedisChild
 from bench.report import DIRECT, OURS, write_all
 from bench.scenario import Scenario
-from bench.workloads import Phase, bursts, exact_repeats, labelled_pairs, multi_turn, zipf_mix
+from bench.workloads import MODEL, Phase, bursts, exact_repeats, labelled_pairs, multi_turn, zipf_mix
 
 TIMELINE_WINDOW_S = 2.0
 WARMUP_REQUESTS = 4
@@ -83,12 +83,13 @@ def build_workload(sc: Scenario, opts: RunOptions) -> tuple[list[Phase], dict]:
     elif w.kind == "pairs":
         path = resolve_data_path(data or "qqp-val/pairs.csv")
         pairs = load_pairs(path)
-        phases = labelled_pairs(pairs, limit=limit, **common)
-        probes = phases[1].steps
+        phases = labelled_pairs(pairs, limit=limit, repeats=w.repeats, **common)
+        probes = [s for s in phases[1].steps if s.kind != "repeat"]
         n_same = sum(s.expect == "same" for s in probes)
         info.update(data=str(path), pairs_in_file=len(pairs), sampled=len(probes))
         info["summary"] = (f"{len(probes)} labelled pairs sampled from {path.name} ({n_same} same, "
-                           f"{len(probes) - n_same} different): seed a, then ask b")
+                           f"{len(probes) - n_same} different): seed a, then ask b"
+                           + (f", mixed with {w.repeats} exact repeats of seeded a" if w.repeats else ""))
     elif w.kind == "multi-turn":
         path = resolve_data_path(data or "contextual-queries/new_claude.json")
         convs = load_conversations(path)
@@ -187,11 +188,11 @@ async def _backend_count(url: str | None) -> int | None:
         return None
 
 
-async def _warm_up(base_url: str, headers: dict) -> None:
+async def warm_up(base_url: str, headers: dict) -> None:
     """A few throwaway requests (another tenant) so that first-request costs are not measured."""
     async with httpx.AsyncClient(timeout=120, headers=headers) as c:
-        for i in range(WARMUP_REQUESTS):
-            body = {"model": "bench-warmup", "messages": [{"role": "user", "content": f"warm-up request {i}"}]}
+        for i in range(WARMUP_REQUESTS):  # each text twice: the miss and the hit paths both run
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"warm-up request {i // 2}"}]}
             try:
                 await c.post(base_url + "/chat/completions", json=body)
             except httpx.HTTPError:
@@ -336,13 +337,13 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
         headers_sim = {"X-Sim-Answer-Tokens": str(sc.backend.answer_tokens)}
         direct = None
         if opts.direct and sc.direct_baseline:
-            await _warm_up(backend_url + "/v1", headers_sim)
+            await warm_up(backend_url + "/v1", headers_sim)
             progress.log("direct-to-backend baseline")
             direct = await drive_target(DIRECT, backend_url + "/v1", phases, concurrency, progress,
                                         headers=headers_sim, backend_url=backend_url)
             all_records += direct["records"]
 
-        await _warm_up(proxy_url + "/v1", {**headers_sim, "Authorization": "Bearer bench-warmup"})
+        await warm_up(proxy_url + "/v1", {**headers_sim, "Authorization": "Bearer bench-warmup"})
         events: list[dict] = []
 
         async def fault(driver: Driver) -> None:
@@ -368,7 +369,7 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
             from bench.peers import run_peers
 
             peer_runs, peer_status = await run_peers(sc, phases, backend_url, opts.out, group, progress,
-                                                     concurrency, headers_sim)
+                                                     concurrency, headers_sim, results.get("proxy_config"))
             results["peers"] = peer_status
             for name, run in peer_runs.items():
                 runs[name] = run
@@ -378,10 +379,13 @@ async def _run(sc: Scenario, opts: RunOptions, progress: _Progress) -> dict:
 
     results["processes"] = group.started
     groups = scoring.answer_groups(all_records)
-    nominal = {"nominal_ttft_ms": sc.nominal.ttft_ms, "nominal_tokens_per_s": sc.nominal.tokens_per_s}
+    tokens = scoring.answer_tokens(all_records)
+    nominal = {"nominal_ttft_ms": sc.nominal.ttft_ms, "nominal_tokens_per_s": sc.nominal.tokens_per_s,
+               "tokens_by_answer": tokens}
     direct_latency = None
-    tokens = [r.completion_tokens for r in all_records if r.ok and r.completion_tokens]
-    nominal_ms = sc.nominal.ttft_ms + (1000.0 * sum(tokens) / len(tokens) / sc.nominal.tokens_per_s if tokens else 0.0)
+    completions = [r.completion_tokens for r in all_records if r.ok and r.completion_tokens]
+    nominal_ms = sc.nominal.ttft_ms + (1000.0 * sum(completions) / len(completions) / sc.nominal.tokens_per_s
+                                       if completions else 0.0)
     results["nominal_backend_ms"] = round(nominal_ms, 1)
     if direct is not None:
         results["targets"][DIRECT] = scoring.summarize(direct["records"], groups, phase_walls=direct["walls"],

@@ -46,6 +46,7 @@ class Workload(_Model):
     followups: str | None = None         # multi-turn: generic follow-ups ("Can you expand on that?")
     limit: int | None = Field(default=None, ge=1)  # pairs or conversations sampled
     count: int = Field(default=200, ge=1)           # requests (exact, zipf) or bursts (burst)
+    repeats: int = Field(default=0, ge=0)           # pairs: exact repeats of seeded questions among the probes
     prompts: int = Field(default=40, ge=1)          # distinct prompts (exact) / topics (zipf)
     burst_size: int = Field(default=32, ge=1)
     zipf_s: float = Field(default=1.1, gt=0)

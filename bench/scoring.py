@@ -29,6 +29,16 @@ def answer_groups(records: Iterable[Record]) -> dict[str, set[str]]:
     return dict(out)
 
 
+def answer_tokens(records: Iterable[Record]) -> dict[str, tuple[int, int]]:
+    """answer digest -> (prompt, completion) tokens the backend reported for it; used
+    for caches whose hits report no usage (GPTCache answers hits with zeros)."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in records:
+        if r.ok and r.answer and r.completion_tokens and (r.target == "direct" or r.cache_status in MISS_STATUSES):
+            out.setdefault(r.answer, (r.prompt_tokens, r.completion_tokens))
+    return out
+
+
 def judge(rec: Record, groups: dict[str, set[str]]) -> str | None:
     """"true", "false" or "unjudged" for a request served without its own backend call;
     None for anything else."""
@@ -55,7 +65,8 @@ def _rate(num: int, den: int) -> float | None:
 
 def summarize(records: Sequence[Record], groups: dict[str, set[str]], *, nominal_ttft_ms: float,
               nominal_tokens_per_s: float, phase_walls: dict[str, float],
-              direct_latency: dict[int, float] | None = None, backend_requests: int | None = None) -> dict:
+              direct_latency: dict[int, float] | None = None, backend_requests: int | None = None,
+              tokens_by_answer: dict[str, tuple[int, int]] | None = None) -> dict:
     """Figures for one target's records. `phase_walls`: wall seconds per phase;
     `direct_latency`: the baseline's latency per step index (for measured savings);
     `backend_requests`: what the backend counted during this target's run, if known."""
@@ -82,8 +93,14 @@ def summarize(records: Sequence[Record], groups: dict[str, set[str]], *, nominal
 
     served = [r for r in ok if r.offloaded]
     upstream = [r for r in ok if not r.offloaded]
+
+    def usage(r: Record) -> tuple[int, int]:
+        if r.completion_tokens or not tokens_by_answer:
+            return r.prompt_tokens, r.completion_tokens
+        return tokens_by_answer.get(r.answer, (r.prompt_tokens, r.completion_tokens))
+
     per_token = 1.0 / nominal_tokens_per_s
-    saved_nominal = sum(nominal_ttft_ms / 1000.0 + r.completion_tokens * per_token for r in served)
+    saved_nominal = sum(nominal_ttft_ms / 1000.0 + usage(r)[1] * per_token for r in served)
     saved_measured = None
     if direct_latency is not None:
         saved_measured = sum(direct_latency[r.index] - r.latency_s for r in served if r.index in direct_latency)
@@ -132,8 +149,8 @@ def summarize(records: Sequence[Record], groups: dict[str, set[str]], *, nominal
             "requests": backend_requests if backend_requests is not None else len(upstream),
             "requests_counted_by": "backend /stats" if backend_requests is not None else "client",
             "tokens": sum(r.prompt_tokens + r.completion_tokens for r in upstream),
-            "tokens_saved": sum(r.prompt_tokens + r.completion_tokens for r in served),
-            "completion_tokens_saved": sum(r.completion_tokens for r in served),
+            "tokens_saved": sum(sum(usage(r)) for r in served),
+            "completion_tokens_saved": sum(usage(r)[1] for r in served),
             "seconds_saved_nominal": round(saved_nominal, 2),
             "seconds_saved_measured": None if saved_measured is None else round(saved_measured, 2),
         },

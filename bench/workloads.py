@@ -133,9 +133,10 @@ def exact_repeats(*, prompts: int, count: int, stream: float, seed: int,
 
 
 def labelled_pairs(pairs: Sequence[Pair], *, limit: int | None, stream: float, seed: int,
-                   max_tokens: int | None = None) -> list[Phase]:
+                   max_tokens: int | None = None, repeats: int = 0) -> list[Phase]:
     """Seed every sampled pair's `a`, then ask every `b`: label 1 expects a hit on `a`'s
-    answer, label 0 expects a miss (any hit is a false hit)."""
+    answer, label 0 expects a miss (any hit is a false hit). `repeats` exact repeats of
+    seeded `a`s are mixed into the probes (exact caches have something to hit)."""
     rng = random.Random(seed)
     idx = list(range(len(pairs)))
     if limit is not None and limit < len(idx):
@@ -150,6 +151,10 @@ def labelled_pairs(pairs: Sequence[Pair], *, limit: int | None, stream: float, s
         probes.append(Step(chat_body([user(p.b)], stream=streams(), max_tokens=max_tokens),
                            g if same else f"p{i}b", "same" if same else "different",
                            "paraphrase" if same else "different"))
+    for _ in range(repeats if seeds else 0):
+        s = rng.choice(seeds)
+        probes.append(Step(chat_body(s.body["messages"], stream=streams(), max_tokens=max_tokens), s.group,
+                           "same", "repeat"))
     rng.shuffle(probes)
     return [Phase("seed", seeds, measure=False), Phase("probe", probes)]
 

@@ -1,25 +1,44 @@
 """L3: embed the semantic text, search the partition's nearest neighbours, re-check
 each candidate against its stored entry (it may have expired, been banned or removed),
-verify it, and serve the best one that passes.
+verify it, and serve the best one that passes its threshold.
+
+The threshold is either static (the request's, from `semantic.threshold` or a rule) or,
+with calibration, the candidate's own: `policies.calibration.decide` on the candidate's
+evidence pooled with its neighbours' (the other candidates of the same search within
+`radius` of the query, weighted by closeness), starting from the request's threshold.
+Evidence is read through `cache.evidence_store`; when it cannot be read the decision is
+the no-evidence one (the request's threshold), counted as a dependency error.
+
+A verified candidate that is not served is a grey-zone candidate. The stage remembers it
+(bounded, briefly) under the request's partition and text; once the fresh answer is
+committed, the proxy takes it back (`take_grey`) and learns from the pair off the request
+path: `confirm` compares the two answers, or a judge is asked (`proxy.judge`).
 
 The index holds keys, not values: values come from the exact layers. Blocking work
 (embedding, large FAISS searches) runs off the event loop inside the embedder and index.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
+from cachetools import TTLCache
 
 from cache.breaker import CircuitBreaker, CircuitOpen
 from cache.entry import Entry, Key
 from cache.layer import LayerError
 from embeddings.protocol import Embedder, EmbeddingError
+from policies.calibration import Evidence, GlobalPrior, decide
 
 if TYPE_CHECKING:
+    from cache.calibrated import GreyCandidate
+    from cache.evidence_store import EvidenceStore
     from cache.tiered import LayerEvents, Lookup, TieredCache
 
 log = logging.getLogger("stratacache.semantic")
@@ -27,10 +46,59 @@ log = logging.getLogger("stratacache.semantic")
 Verifier = Callable[[str, str], Any]
 """(query text, cached text) -> object with `.ok: bool` and `.reason: str`."""
 
+EvidenceObserver = Callable[[str, bool], None]
+"""(source, correct) for every observation recorded: "confirmation" | "judge" | "veto"."""
+
+_NO_EVIDENCE = Evidence()
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Knobs of the calibrated decision.
+
+    prior      -- the global curve P(correct | s) = sigmoid(a + b*s) and the offset prior; its
+                  own `threshold` is replaced by each request's threshold (the start, t0)
+    radius     -- other candidates at or above this cosine to the query lend their evidence,
+                  weighted (s - radius) / (1 - radius); the candidate's own counts 1
+    neighbours -- at most this many of them
+    """
+
+    prior: GlobalPrior
+    radius: float = 0.75
+    neighbours: int = 10
+
+
+def answer_text(entry: Entry) -> str | None:
+    """The first choice's text (chat content or completion text); None for tool calls,
+    empty answers or a body that is not a completion."""
+    try:
+        body = orjson.loads(entry.body)
+        choice = body["choices"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(choice, dict):
+        return None
+    msg = choice.get("message")
+    if isinstance(msg, dict):
+        if msg.get("tool_calls") or msg.get("function_call"):
+            return None
+        text = msg.get("content")
+    else:
+        text = choice.get("text")
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
 
 class SemanticStage:
     def __init__(self, *, embedder: Embedder, index: Any, store: Any | None, consider_threshold: float, k: int,
-                 verifier: Verifier | None, events: "LayerEvents", breaker: CircuitBreaker | None = None) -> None:
+                 verifier: Verifier | None, events: "LayerEvents", breaker: CircuitBreaker | None = None,
+                 calibration: Calibration | None = None, evidence: "EvidenceStore | None" = None,
+                 grey_zone: bool = False, same_answer_similarity: float = 0.9, veto_weight: float = 0.0,
+                 on_evidence: EvidenceObserver | None = None, grey_capacity: int = 4096,
+                 grey_ttl_s: float = 600.0) -> None:
         self.embedder = embedder
         self.breaker = breaker or CircuitBreaker(5, 5.0, time.monotonic)
         self.index = index
@@ -39,6 +107,15 @@ class SemanticStage:
         self.k = k
         self.verifier = verifier
         self.events = events
+        self.calibration = calibration
+        self.evidence = evidence
+        self.grey_zone = grey_zone
+        self.same_answer = same_answer_similarity
+        self.veto_weight = veto_weight
+        self.on_evidence = on_evidence
+        # grey-zone candidates awaiting their request's fresh answer: (partition, text) -> candidate
+        self._grey: TTLCache = TTLCache(maxsize=grey_capacity, ttl=grey_ttl_s, timer=time.monotonic)
+        self._tasks: set[asyncio.Task] = set()
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Raises EmbeddingError or TimeoutError; fails fast while the breaker is open."""
@@ -56,25 +133,34 @@ class SemanticStage:
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
                      max_age: float | None) -> "Lookup":
-        from cache.tiered import NO_PROBE, Hit, Lookup, SemanticProbe
+        from cache.calibrated import GreyCandidate, ThresholdedHit, ThresholdedProbe
+        from cache.tiered import NO_PROBE, Lookup, SemanticProbe
 
         try:
             vec = await self.embed_one(text)
         except (EmbeddingError, TimeoutError) as exc:
             self.events.layer_error("embedder", "embed", exc)
             return Lookup(None, NO_PROBE)
+        cal = self.calibration
+        depth = max(self.k, cal.neighbours + 1) if cal is not None else self.k
         try:
-            candidates = await self.index.search(vec, partition, self.k)
+            candidates = await self.index.search(vec, partition, depth)
         except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError subclasses; fail open
             self.events.layer_error("index", "search", exc)
             return Lookup(None, SemanticProbe(vector=vec))
+        candidates = sorted(candidates, key=lambda c: -c[1])
+        prior = replace(cal.prior, threshold=threshold) if cal is not None else None
+        evidence: dict[Key, Evidence] | None = None
         best: float | None = None
         verdict: str | None = None
-        for key, sim in sorted(candidates, key=lambda c: -c[1]):
+        applied: tuple[float, str] | None = None
+        grey: GreyCandidate | None = None
+        for key, sim in candidates[:self.k]:
             if sim < self.consider:
                 break
+            sim = float(sim)
             if best is None:
-                best = float(sim)
+                best = sim
             entry = await cache.get_entry(key)
             if not entry:
                 await self._forget(key)  # expired or evicted from the exact layers
@@ -86,14 +172,107 @@ class SemanticStage:
                 v = self.verifier(text, entry.meta.semantic_text)
                 if not v.ok:
                     verdict = verdict or v.reason
+                    if self.veto_weight > 0 and self.evidence is not None:
+                        self._spawn(self.record(key, sim, False, source="veto", weight=self.veto_weight))
                     continue
-            if sim < threshold:
-                verdict = verdict or "below-threshold"
-                continue
-            return Lookup(Hit(entry=entry, layer="L3", key=key, stale=hit.stale, similarity=float(sim), verdict="ok"),
-                          SemanticProbe(vector=vec, best_similarity=best, verdict="ok"))
-        return Lookup(None, SemanticProbe(vector=vec, best_similarity=best, verdict=verdict))
+            if prior is None:
+                serve, t, rule = sim >= threshold, threshold, "static"
+            else:
+                if evidence is None:
+                    evidence = await self._read_evidence(candidates)
+                d = decide(self._pool(key, candidates, evidence), sim, prior, consider_threshold=self.consider)
+                serve, t, rule = d.serve, d.threshold, d.reason
+            if applied is None:
+                applied = (t, rule)
+            if serve:
+                return Lookup(ThresholdedHit(entry=entry, layer="L3", key=key, stale=hit.stale, similarity=sim,
+                                             verdict="ok", threshold=t, rule=rule),
+                              ThresholdedProbe(vector=vec, best_similarity=best, verdict="ok", threshold=t, rule=rule))
+            verdict = verdict or "below-threshold"
+            if grey is None:
+                grey = GreyCandidate(key=key, similarity=sim, cached_text=entry.meta.semantic_text, query_text=text,
+                                     threshold=t)
+        if grey is not None and self.grey_zone:
+            self._grey[(partition, text)] = grey
+        return Lookup(None, ThresholdedProbe(vector=vec, best_similarity=best, verdict=verdict,
+                                             threshold=applied[0] if applied else None,
+                                             rule=applied[1] if applied else None, grey=grey))
 
+    def _pool(self, key: Key, candidates: list[tuple[Key, float]], evidence: dict[Key, Evidence]) -> Evidence:
+        cal = self.calibration
+        parts = [(evidence.get(key, _NO_EVIDENCE), 1.0)]
+        for other, sim in candidates:
+            if len(parts) > cal.neighbours or sim < cal.radius:
+                break
+            if other != key:
+                parts.append((evidence.get(other, _NO_EVIDENCE), (float(sim) - cal.radius) / (1.0 - cal.radius)))
+        return Evidence.pool(parts)
+
+    async def _read_evidence(self, candidates: list[tuple[Key, float]]) -> dict[Key, Evidence]:
+        """Evidence of every candidate that can count; on failure none (the no-evidence decision)."""
+        if self.evidence is None:
+            return {}
+        floor = min(self.consider, self.calibration.radius)
+        keys = [k for k, s in candidates if s >= floor]
+        try:
+            return await self.evidence.get_many(keys)
+        except LayerError as exc:
+            self.events.layer_error("evidence", "get", exc)
+            return {}
+
+    # -- learning from grey-zone pairs (off the request path) --------------------------------
+    def take_grey(self, partition: str, text: str | None) -> "GreyCandidate | None":
+        """The grey-zone candidate a lookup for (partition, text) left, once."""
+        if text is None or not self._grey:
+            return None
+        return self._grey.pop((partition, text), None)
+
+    async def record(self, key: Key, similarity: float, correct: bool, *, source: str,
+                     weight: float = 1.0) -> bool:
+        """Append one observation to `key`'s evidence; False when the store failed (counted)."""
+        if self.evidence is None:
+            return False
+        try:
+            await self.evidence.add(key, similarity, correct, weight)
+        except LayerError as exc:
+            self.events.layer_error("evidence", "add", exc)
+            return False
+        if self.on_evidence is not None:
+            self.on_evidence(source, correct)
+        return True
+
+    async def confirm(self, cache: "TieredCache", grey: "GreyCandidate", fresh: Entry) -> bool | None:
+        """Exact-match confirmation: would serving the grey candidate have been right?
+
+        Compares the request's fresh answer with the candidate's stored one: the same when
+        their normalised texts are equal or the cosine of their embeddings is at least
+        `same_answer_similarity`. Records the observation on the candidate; None (and
+        nothing recorded) when either answer has no text or the embedder fails.
+        """
+        cached = await cache.get_entry(grey.key)
+        if not cached:
+            return None
+        a, b = answer_text(fresh), answer_text(cached)
+        if a is None or b is None:
+            return None
+        if _normalised(a) == _normalised(b):
+            same = True
+        else:
+            try:
+                va, vb = await self.embedder.embed([a, b])
+            except (EmbeddingError, TimeoutError) as exc:
+                self.events.layer_error("embedder", "confirm", exc)
+                return None
+            same = float(np.dot(va, vb)) >= self.same_answer
+        await self.record(grey.key, grey.similarity, same, source="confirmation")
+        return same
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- index maintenance --------------------------------------------------------------------
     async def add(self, key: Key, entry: Entry, vector: np.ndarray | None) -> None:
         text = entry.meta.semantic_text
         if text is None:
@@ -127,3 +306,16 @@ class SemanticStage:
                 await self.store.publish_remove(key)
             except LayerError as exc:
                 self.events.layer_error("vector_store", "remove", exc)
+        if self.evidence is not None:
+            try:
+                await self.evidence.delete(key)
+            except LayerError as exc:
+                self.events.layer_error("evidence", "delete", exc)
+
+    async def aclose(self) -> None:
+        """Cancel background recordings (a shutdown never waits for them)."""
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._grey.clear()

@@ -38,11 +38,21 @@ def resolve_device(device: str) -> str:
 class SentenceTransformerBackend:
     """`encode(texts)` -> float32 (n, dim), rows L2-normalised."""
 
-    def __init__(self, model_path: str | None = None, *, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(
+        self, model_path: str | None = None, *, device: str = "auto", threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        """`threads`: torch's intra-op threads on a CPU, a process-wide setting (None: leave
+        it). On a busy machine a pool of several threads stalls at every op while one of
+        them waits for a core: on 2 shared cores, one query took 300-1300 ms with 2
+        threads and 20-50 ms with 1."""
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.model_path = model_path or default_model_path()
         self.device = resolve_device(device)
+        if threads is not None and self.device == "cpu":
+            torch.set_num_threads(threads)
         self.model_name = model_name_for(self.model_path)
         self.engine = f"torch:{self.device}"
         self._batch_size = batch_size

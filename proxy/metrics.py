@@ -11,6 +11,7 @@ log = logging.getLogger("stratacache.metrics")
 
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIM = tuple(round(0.5 + i * 0.025, 3) for i in range(21))
+_THR = tuple(round(0.8 + i * 0.01, 2) for i in range(21))
 
 
 class Metrics(LayerEvents):
@@ -44,6 +45,18 @@ class Metrics(LayerEvents):
                                  registry=r)
         self.rejected = Counter("stratacache_rejected_total", "Requests refused by limits", ["reason"], registry=r)
         self.inflight = Gauge("stratacache_inflight_upstream", "Upstream requests in flight", registry=r)
+        # calibration and the off-path judge
+        self.thresholds = Histogram("stratacache_l3_threshold",
+                                    "Threshold applied to the best verified L3 candidate, by rule "
+                                    "(static, global: calibration without evidence, calibrated) and outcome",
+                                    ["rule", "outcome"], buckets=_THR, registry=r)
+        self.evidence = Counter("stratacache_l3_evidence_total", "Calibration observations recorded",
+                                ["source", "outcome"], registry=r)
+        self.judgements = Counter("stratacache_judge_total",
+                                  "Off-path judgements of grey-zone pairs by outcome "
+                                  "(yes, no, unclear, error, dropped)", ["outcome"], registry=r)
+        self.aliases = Counter("stratacache_judge_aliases_total",
+                               "Approved pairs whose new request now serves the cached answer", registry=r)
 
         self._req_children: dict[tuple, tuple] = {}
         self._hit_children: dict[str, object] = {}
@@ -71,6 +84,9 @@ class Metrics(LayerEvents):
         self.layer_errors.labels(layer, op).inc()
         log.warning("dependency failed, serving as a miss", extra={"dependency": layer, "op": op,
                                                                    "error": f"{type(exc).__name__}: {exc}"})
+
+    def evidence_recorded(self, source: str, correct: bool) -> None:
+        self.evidence.labels(source, "correct" if correct else "wrong").inc()
 
     def banned_hit(self, layer: str) -> None:
         self.banned.labels(layer).inc()

@@ -65,7 +65,8 @@ def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | Non
 class Pump:
     def __init__(self, *, upstream: Upstream, cache: TieredCache, metrics: Metrics, clock: Callable[[], float],
                  max_entry_bytes: int, lock: RedisLock | None = None, lock_ttl_s: float = 120.0,
-                 peer_wait_s: float = 60.0) -> None:
+                 peer_wait_s: float = 60.0,
+                 after_commit: Callable[[FetchJob, Entry], None] | None = None) -> None:
         self.upstream = upstream
         self.cache = cache
         self.metrics = metrics
@@ -74,6 +75,8 @@ class Pump:
         self.lock = lock
         self.lock_ttl_s = lock_ttl_s
         self.peer_wait_s = peer_wait_s
+        self.after_commit = after_commit
+        """Called (synchronously; it only schedules work) after each successful commit."""
 
     async def run(self, flight: Flight, job: FetchJob) -> None:
         """Lead the flight; across replicas, first take the Redis lock for the key, or wait
@@ -183,3 +186,8 @@ class Pump:
         if not job.decision.write or entry.size > self.max_entry_bytes:
             return
         await self.cache.commit(job.decision.keys.key, entry, job.vector)
+        if self.after_commit is not None:
+            try:
+                self.after_commit(job, entry)
+            except Exception:  # noqa: BLE001 - learning from a pair must never fail a request
+                log.exception("after-commit hook failed")

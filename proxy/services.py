@@ -41,6 +41,7 @@ class Services:
     vector_store: Any = None
     ban_bus: Any = None
     invalidator: Any = None
+    grey_zone: Any = None  # proxy.grey_zone.GreyZone: calibration evidence and the judge
     access_log: bool = True
     owns_embedder: bool = True
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -100,7 +101,12 @@ class Services:
         self.metrics.similarity.labels("hit" if hit else "miss").observe(p.best_similarity)
         if p.verdict:
             self.metrics.verdicts.labels(p.verdict).inc()
-        if not hit and d.threshold - self.settings.semantic.near_miss_band <= p.best_similarity < d.threshold:
+        # the threshold the L3 stage applied (calibrated per entry, or the static one)
+        applied = getattr(p, "threshold", None)
+        if applied is not None:
+            self.metrics.thresholds.labels(getattr(p, "rule", None) or "static", "hit" if hit else "miss").observe(applied)
+        threshold = d.threshold if applied is None else applied
+        if not hit and threshold - self.settings.semantic.near_miss_band <= p.best_similarity < threshold:
             self.metrics.near_miss.inc()
 
     # -- limits --------------------------------------------------------------------------
@@ -176,6 +182,10 @@ class Services:
             t.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.grey_zone is not None:
+            await self.grey_zone.aclose()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.aclose()
         await self.upstream.aclose()
         if self.cache.semantic is not None and self.owns_embedder:
             await self.cache.semantic.embedder.aclose()
@@ -236,10 +246,25 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         verifier = None
         if settings.semantic.verify:
             from policies.verification import verify as verifier
+        # -- calibration and the judge: an evidence store, the calibrated decision, grey-zone tracking
+        sem = settings.semantic
+        evidence = calibration = None
+        if sem.calibration or settings.judge.enabled:
+            evidence = _evidence_store(settings, redis_client)
+        if sem.calibration:
+            from cache.semantic_stage import Calibration
+            from policies.calibration import GlobalPrior
+
+            calibration = Calibration(prior=GlobalPrior(sem.prior.a, sem.prior.b, sem.threshold, 0.0,
+                                                        sem.prior.offset_sd),
+                                      radius=sem.evidence.radius, neighbours=sem.evidence.neighbours)
         semantic = SemanticStage(embedder=embedder, index=index, store=store,
                                  consider_threshold=min(settings.semantic.consider_threshold,
                                                         settings.semantic.threshold),
-                                 k=settings.semantic.k, verifier=verifier, events=metrics)
+                                 k=settings.semantic.k, verifier=verifier, events=metrics,
+                                 calibration=calibration, evidence=evidence, grey_zone=evidence is not None,
+                                 same_answer_similarity=sem.evidence.same_answer_similarity,
+                                 veto_weight=sem.evidence.veto_weight, on_evidence=metrics.evidence_recorded)
     cache = TieredCache(l1=l1, l2=l2, semantic=semantic, bans=bans, clock=clock, events=metrics)
     upstream = Upstream(settings.upstream, connect_timeout_s=settings.upstream_http.connect_timeout_s,
                         read_timeout_s=settings.upstream_http.read_timeout_s,
@@ -257,6 +282,9 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
                    redis_bg=bg_client,
                    embedded_redis=embedded, vector_store=store, owns_embedder=owns_embedder,
                    access_log=settings.access_log)
+    if semantic is not None and semantic.evidence is not None:
+        svc.grey_zone = _grey_zone(settings, cache, semantic, metrics)
+        pump.after_commit = svc.grey_zone.after_commit
     from cache.invalidator import Invalidator
 
     svc.invalidator = Invalidator(cache=cache, bans=bans, bus=None, clock=clock)
@@ -282,3 +310,35 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
             metrics.layer_error("vector_store", "rebuild", exc)
         svc.spawn(store.follow(semantic.index, svc.stopping))
     return svc
+
+
+# -- calibration evidence and the off-path judge ------------------------------------------------
+def _evidence_store(settings: Settings, redis_client: Any) -> Any:
+    ev = settings.semantic.evidence
+    if redis_client is None:
+        from cache.evidence_store import MemoryEvidenceStore
+
+        return MemoryEvidenceStore(max_keys=ev.max_keys)
+    from cache.evidence_store import RedisEvidenceStore
+
+    r = settings.redis
+    return RedisEvidenceStore(redis_client, prefix=r.prefix, timeout_s=r.timeout_s,
+                              breaker=CircuitBreaker(r.breaker_failures, r.breaker_reset_s, time.monotonic),
+                              cache_entries=ev.cache_entries, cache_ttl_s=ev.cache_ttl_s, max_keys=ev.max_keys)
+
+
+def _grey_zone(settings: Settings, cache: TieredCache, stage: Any, metrics: Metrics) -> Any:
+    from proxy.grey_zone import GreyZone
+
+    judge = None
+    j = settings.judge
+    if j.enabled:
+        from proxy.judge import Judge
+
+        url = j.upstream or settings.upstream
+        judge = Judge(url=url, forward_credentials=url.rstrip("/") == settings.upstream.rstrip("/"), cache=cache,
+                      stage=stage, metrics=metrics, model=j.model, api_key=j.api_key, rate_per_s=j.rate_per_s,
+                      burst=j.burst, queue_size=j.queue_size, concurrency=j.concurrency, timeout_s=j.timeout_s,
+                      alias=j.alias)
+        judge.start()
+    return GreyZone(cache=cache, stage=stage, judge=judge, confirm=settings.semantic.calibration)

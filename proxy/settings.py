@@ -36,6 +36,26 @@ class EmbedderSettings(_Section):
     timeout_s: float = Field(default=1.0, gt=0)
 
 
+# -- calibration and the off-path judge (semantic.calibration, semantic.prior, semantic.evidence, judge)
+class PriorSettings(_Section):
+    """The global curve P(correct | s) = sigmoid(a + b*s) that calibrated thresholds start from."""
+
+    a: float = -8.065
+    b: float = Field(default=10.22, gt=0)
+    offset_sd: float = Field(default=2.0, gt=0, description="how far evidence may move a neighbourhood's curve")
+
+
+class EvidenceSettings(_Section):
+    radius: float = Field(default=0.75, gt=0, le=1, description="neighbours this close to the query lend evidence")
+    neighbours: int = Field(default=10, ge=0, le=64)
+    same_answer_similarity: float = Field(default=0.90, gt=0, le=1,
+                                          description="answer cosine at or above which two answers are the same")
+    veto_weight: float = Field(default=0.0, ge=0, le=1, description="a verification veto as a wrong observation")
+    cache_entries: int = Field(default=10_000, ge=1, description="evidence kept in-process (read-through)")
+    cache_ttl_s: float = Field(default=30.0, gt=0)
+    max_keys: int = Field(default=200_000, ge=1, description="entries with evidence; random ones drop past it")
+
+
 class SemanticSettings(_Section):
     enabled: bool = True
     threshold: float = Field(default=0.944, gt=0, le=1,
@@ -45,6 +65,24 @@ class SemanticSettings(_Section):
     k: int = Field(default=4, ge=1, le=64)
     near_miss_band: float = Field(default=0.05, ge=0, le=1)
     embedder: EmbedderSettings = EmbedderSettings()
+    calibration: bool = Field(default=False, description="per-entry thresholds from evidence, starting at threshold")
+    prior: PriorSettings = PriorSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+
+
+class JudgeSettings(_Section):
+    """Off-path verification of grey-zone pairs by the upstream model (Krites-style)."""
+
+    enabled: bool = False
+    upstream: str | None = Field(default=None, description="None: the proxy's upstream")
+    model: str | None = Field(default=None, description="None: the request's model")
+    api_key: str | None = Field(default=None, description="None: forward the request's credentials")
+    rate_per_s: float = Field(default=1.0, gt=0, description="judgements per second (token bucket)")
+    burst: int = Field(default=5, ge=1)
+    queue_size: int = Field(default=256, ge=1, description="pairs waiting; more are dropped")
+    concurrency: int = Field(default=2, ge=1, le=64)
+    timeout_s: float = Field(default=10.0, gt=0)
+    alias: bool = Field(default=True, description="on yes, serve the cached answer for the new request's key")
 
 
 class TenantSettings(_Section):
@@ -88,6 +126,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     upstream_http: UpstreamSettings = UpstreamSettings()
     coalesce: CoalesceSettings = CoalesceSettings()
+    judge: JudgeSettings = JudgeSettings()
     log_prompts: bool = False
     access_log: bool = True
     log_level: str = "info"

@@ -1,48 +1,11 @@
-"""A real uvicorn server in a thread (streaming and disconnects need real sockets)."""
+"""Backend fixtures: real uvicorn servers in threads (streaming and disconnects need real sockets)."""
 from __future__ import annotations
 
-import socket
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-import uvicorn
 
-# pytest puts tests/ on sys.path, not the repo root; tests/backend/ would then shadow the
-# `backend` package as a namespace package. Regular packages win once the root is there.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve `app` on a free loopback port; yields the base URL (no /v1)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+from tests.conftest import serving as running_server
 
 
 @pytest.fixture(scope="session")

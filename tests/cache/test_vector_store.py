@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-
-# pytest puts tests/ on sys.path, where tests/cache/ would shadow the `cache` package as a
-# namespace package; a regular package wins once the repository root is on the path.
-if (_root := str(Path(__file__).resolve().parents[2])) not in sys.path:
-    sys.path.insert(0, _root)
 
 from cache.layer import LayerError
 from cache.semantic_index import SemanticIndex
