@@ -23,11 +23,11 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.hf_engine import (
     EngineOverloaded, Failed, Finished, Generation, HFEngine, TextDelta,
 )
+from backend.routes import install_openai_routes
 from backend.openai_format import (
     SSE_DONE, Choice, RequestError, ResponseFormat, Route, Usage, error_body, parse_request,
     sse,
@@ -147,26 +147,7 @@ def create_app_for_engine(engine: HFEngine, model_id: str) -> FastAPI:
     routes = Routes(engine)
     app.state.engine = engine
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail)), exc.status_code)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await routes.generate("chat", request)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await routes.generate("completion", request)
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
-                                            "owned_by": "stratacache"}]}
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    install_openai_routes(app, routes.generate, model_id)
 
     @app.get("/stats")
     async def stats() -> dict:

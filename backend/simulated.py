@@ -46,8 +46,8 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.routes import install_openai_routes
 from backend.openai_format import (
     SSE_DONE, Choice, FinishReason, GenerationRequest, RequestError, ResponseFormat, Route,
     ToolCall, Usage, cut_at_stop, error_body, message_text, parse_request, sse,
@@ -274,26 +274,7 @@ def create_app(ttft_ms: float, tokens_per_s: float) -> FastAPI:
                   openapi_url=None)
     app.state.backend = backend
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail)), exc.status_code)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await backend.handle("chat", request)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await backend.handle("completion", request)
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model",
-                                            "created": 0, "owned_by": "stratacache"}]}
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    install_openai_routes(app, backend.handle, MODEL_ID)
 
     @app.get("/stats")
     async def stats() -> dict:

@@ -5,7 +5,6 @@ replayed entry or a (possibly coalesced) upstream call out. No caching logic liv
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time

@@ -126,7 +126,6 @@ class Pump:
             self.metrics.inflight.dec()
 
     async def _run(self, flight: Flight, job: FetchJob) -> None:
-        d = job.decision
         try:
             resp = await self.upstream.open("POST", job.path, content=job.payload, headers=job.headers)
         except UpstreamError as exc:
