@@ -48,12 +48,9 @@ def _backend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str) -> callable:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return int(importlib.import_module(module).main(args.rest) or 0)
-    return run
+DELEGATED = {"bench": "bench.cli", "tune": "bench.tune", "invalidate": "proxy.admin_client",
+             "stats": "proxy.admin_client"}
+"""Subcommands with their own argument parsers (argv after the subcommand word goes to `main`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,24 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-batch", type=int, default=8)
     b.set_defaults(func=_backend)
 
-    for name, module, helptext in [
-        ("bench", "bench.cli", "run a benchmark scenario (see `stratacache bench --help`)"),
-        ("tune", "bench.tune", "recommend an L3 threshold from labelled pairs"),
-        ("invalidate", "proxy.admin_client", "invalidate entries through the admin API"),
-        ("stats", "proxy.admin_client", "show cache statistics from the admin API"),
+    for name, helptext in [
+        ("bench", "run a benchmark scenario (see `stratacache bench --help`)"),
+        ("tune", "recommend an L3 threshold from labelled pairs"),
+        ("invalidate", "invalidate entries through the admin API"),
+        ("stats", "show cache statistics from the admin API"),
     ]:
-        sp = sub.add_parser(name, help=helptext, add_help=False)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(func=_delegate(module), module_command=name)
+        sub.add_parser(name, help=helptext, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        rest = argv if argv[0] in ("invalidate", "stats") else argv[1:]
+        return int(importlib.import_module(DELEGATED[argv[0]]).main(rest) or 0)
     args = build_parser().parse_args(argv)
-    if args.command in ("invalidate", "stats"):
-        args.rest = [args.command, *args.rest]
     return int(args.func(args) or 0)
 
 

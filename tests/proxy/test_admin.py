@@ -136,3 +136,27 @@ def test_metrics_move_after_a_miss_and_a_hit(make_proxy, backend_url):
         assert _metric(after, "stratacache_misses_total") == _metric(before, "stratacache_misses_total") + 1
         assert "stratacache_request_seconds_bucket" in after
         assert _metric(after, "stratacache_backend_tokens_saved_total") >= 1
+
+
+def test_cli_stats_and_invalidate(pair):
+    import json
+    import subprocess
+    import sys
+
+    a, b, clock = pair
+    seeded(a, b, "cli question", tags="cli")
+    env = {"STRATACACHE_ADMIN_TOKEN": "adm1n", "PATH": ""}
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=60,
+                           env=env)
+        return r.returncode, r.stdout, r.stderr
+
+    code, out, _ = cli("stats", "--url", a)
+    assert code == 0 and json.loads(out)["layers"]["L1"]["entries"] >= 1
+    code, out, _ = cli("invalidate", "--url", b, "--tags", "cli")
+    assert code == 0 and json.loads(out)["invalidated"] >= 1
+    clock.advance(1)
+    assert ask(a, "cli question", tags="cli") == "MISS"
+    env.pop("STRATACACHE_ADMIN_TOKEN")
+    assert cli("stats", "--url", a)[0] == 2  # no token: refused before any request
