@@ -129,8 +129,8 @@ def main() -> None:
     else:
         first = second = labels = None
         texts = PROBE_TEXTS
-    print(f"{len(texts)} texts from {args.pairs or 'the probe set'}; {os.cpu_count()} CPUs; "
-          f"intra-op threads {args.threads}")
+    print(f"{len(texts)} texts from {args.pairs or 'the probe set'}; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; intra-op threads {args.threads}")
 
     started = time.perf_counter()
     backends = {"torch": SentenceTransformerBackend(device="cpu", threads=args.threads)}
@@ -145,7 +145,7 @@ def main() -> None:
     latency = single_query_latency(backends, queries)
     vectors = {name: backend.encode(texts) for name, backend in backends.items()}
 
-    header = f"{'engine':<10} {'p50 ms':>7} {'p99 ms':>7} {'texts/s@64':>10} {'cos mean':>9} {'cos worst':>9}"
+    header = f"{'engine':<10} {'min ms':>7} {'p50 ms':>7} {'p99 ms':>7} {'texts/s@64':>10} {'cos mean':>9} {'cos worst':>9}"
     if labels is not None:
         header += f" {'AUC':>6} {'|dsim| mean':>11} {'|dsim| max':>10} {'flips@' + str(args.threshold):>11}"
         index = {t: i for i, t in enumerate(texts)}
@@ -155,7 +155,7 @@ def main() -> None:
     print(header)
     for name, backend in backends.items():
         agreement = Agreement.between(vectors[name], vectors["torch"])
-        line = (f"{name:<10} {percentile_ms(latency[name], 50):7.2f} {percentile_ms(latency[name], 99):7.2f} "
+        line = (f"{name:<10} {percentile_ms(latency[name], 0):7.2f} {percentile_ms(latency[name], 50):7.2f} {percentile_ms(latency[name], 99):7.2f} "
                 f"{throughput(backend, texts):10.0f} {agreement.mean:9.4f} {agreement.min:9.4f}")
         if labels is not None:
             delta = np.abs(sims[name] - sims["torch"])

@@ -5,6 +5,7 @@ event loop. Nothing here downloads: the model is read from a local directory.
 """
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,11 @@ def resolve_device(device: str) -> str:
     """"auto" becomes "cuda" when torch sees a GPU, else "cpu"; anything else is kept."""
     if device != "auto":
         return device
+    try:  # a CPU-only build of torch needs no import (seconds, and memory) to tell
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return "cpu"
+    except importlib.metadata.PackageNotFoundError:
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
