@@ -150,8 +150,8 @@ class ProcessGroup:
         child.wait_http(url + "/healthz", timeout_s)
         return url
 
-    def redis(self) -> RedisChild:
-        child = RedisChild(self.log_dir / "redis.log", self.log_dir / "redis-data")
+    def redis(self, name: str = "redis") -> RedisChild:
+        child = RedisChild(self.log_dir / f"{name}.log", self.log_dir / f"{name}-data", name=name)
         self.add(child)
         child.start()
         return child
@@ -176,10 +176,10 @@ class ProcessGroup:
 class RedisChild(Child):
     """redis-server on a fixed port (kept across restarts), no persistence."""
 
-    def __init__(self, log_path: Path, data_dir: Path) -> None:
+    def __init__(self, log_path: Path, data_dir: Path, name: str = "redis") -> None:
         self.port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        super().__init__("redis", [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+        super().__init__(name, [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                                    "--save", "", "--appendonly", "no", "--dir", str(data_dir)], log_path)
 
     @property

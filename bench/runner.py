@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from bench import scoring
-from bench.datasets import SHARED_DATA, DataError, load_conversations, load_pairs, load_texts, resolve_data_path
+from bench.datasets import DataError, load_conversations, load_pairs, load_texts, resolve_data_path
 from bench.driver import Driver, Record
 from bench.processes import ProcessGroup, RedisChild
 from bench.report import DIRECT, OURS, write_all
@@ -189,7 +189,8 @@ async def _backend_count(url: str | None) -> int | None:
 
 
 async def warm_up(base_url: str, headers: dict) -> None:
-    """A few throwaway requests (another tenant) so that first-request costs are not measured."""
+    """A few throwaway requests (through the proxy: under another tenant) so that
+    first-request costs are not measured."""
     async with httpx.AsyncClient(timeout=120, headers=headers) as c:
         for i in range(WARMUP_REQUESTS):  # each text twice: the miss and the hit paths both run
             body = {"model": MODEL, "messages": [{"role": "user", "content": f"warm-up request {i // 2}"}]}
@@ -414,7 +415,3 @@ def run_scenario(sc: Scenario, opts: RunOptions) -> dict:
         opts.command = "stratacache " + shlex.join(sys.argv[1:])
     with _Progress(opts.quiet) as progress:
         return asyncio.run(_run(sc, opts, progress))
-
-
-def shared_data_available() -> bool:
-    return SHARED_DATA.exists()

@@ -222,23 +222,38 @@ def plot(path: Path, sim: np.ndarray, label: np.ndarray, accepted: np.ndarray | 
     import matplotlib.pyplot as plt
 
     sw = sweep(sim, label, accepted)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    raw = sweep(sim, label, None) if accepted is not None else None
+    fig, (ax, ax3, ax2) = plt.subplots(1, 3, figsize=(17, 4.8))
     ax.plot(sw.thresholds, sw.precision, label="precision")
     ax.plot(sw.thresholds, sw.recall, label="recall")
     ax.plot(sw.thresholds, sw.false_hit_rate, label="false-hit rate")
-    if accepted is not None:
-        raw = sweep(sim, label, None)
+    if raw is not None:
         ax.plot(raw.thresholds, raw.false_hit_rate, ":", color="C2", alpha=0.6, label="false-hit rate (cosine only)")
     ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target:g}")
     if rec is not None:
         ax.axvline(rec.threshold, color="k", lw=1, label=f"recommended {rec.threshold:.4f}")
     lo = float(np.quantile(sim, 0.05)) if len(sim) else 0.0
-    ax.set_xlim(max(0.0, lo), 1.0)
+    ax.set_xlim(max(0.5, lo), 1.0)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("threshold (cosine)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="center left")
     ax.grid(alpha=0.3)
+    # The false-hit rate near the target, on a log scale.
+    fhr = np.maximum(sw.false_hit_rate, 1e-5)
+    ax3.semilogy(sw.thresholds, fhr, color="C2", label="false-hit rate")
+    if raw is not None:
+        ax3.semilogy(raw.thresholds, np.maximum(raw.false_hit_rate, 1e-5), ":", color="C2", alpha=0.6,
+                     label="cosine only")
+    ax3.axhline(target, color="grey", lw=0.8, ls="--", label=f"target {target:g}")
+    if rec is not None:
+        ax3.axvline(rec.threshold, color="k", lw=1)
+    ax3.set_xlim(0.8, 1.0)
+    ax3.set_ylim(1e-4, 1)
+    ax3.set_xlabel("threshold (cosine)")
+    ax3.set_title("false-hit rate (log)")
+    ax3.grid(alpha=0.3, which="both")
+    ax3.legend(fontsize=8)
     bins = np.linspace(min(0.0, float(sim.min()) if len(sim) else 0.0), 1.0, 81)
     lab = label.astype(bool)
     ax2.hist(sim[lab], bins=bins, alpha=0.6, label="labelled same")

@@ -11,16 +11,34 @@ Contract (`VectorIndex`):
   from the Redis stream costs nothing.
 - `remove` returns whether the key was indexed. A partition left with no entries is dropped.
 
-Index type by size. A partition starts as `IndexIDMap2(IndexFlatIP)`: exact, cheap to
-mutate. When it grows past `flat_max` entries it is rebuilt as HNSW (`IndexHNSWFlat`,
-inner product) under an id map. HNSW cannot remove, so removals become tombstones that
-searches skip with an `IDSelector` (filtered inside the graph walk, so `k` results still
-come back); once tombstones pass `tombstone_fraction` of the index it is rebuilt from its
-live vectors (as Flat again if it has shrunk below `flat_max / 2`). A rebuild copies the
-live vectors under the partition's lock, builds the new index *without* holding it
-(searches and mutations keep using the old one and mutations are logged), then replays
-the log and swaps. It runs in the worker thread of the mutation that triggered it, so
-that one call waits for the build; nothing else does.
+Index type by size (live entries `n` of a partition):
+
+- `n <= flat_max` (50k): `IndexIDMap2(IndexFlatIP)`, exact and cheap to mutate.
+- `flat_max < n <= hnsw_max`: HNSW (`IndexHNSWFlat`, inner product) under an id map. Off by
+  default (`hnsw_max` defaults to `flat_max`): see "Why no HNSW by default" below. HNSW
+  cannot remove, so removals become tombstones that searches skip with an `IDSelector`
+  (filtered inside the graph walk, so `k` results still come back); once tombstones pass
+  `tombstone_fraction` of the index it is rebuilt from its live vectors.
+- `n > hnsw_max`: IVF (`IndexIVFFlat`, inner product, an `IndexFlatIP` coarse quantizer),
+  ids stored in the inverted lists themselves with a hash-table direct map, so `remove_ids`
+  really removes (O(1) an id) and `reconstruct` works: no id map, no tombstones. `nlist` is
+  `ivf_nlist_factor * sqrt(n)` (4 sqrt(n)), capped at one centroid per 39 training points
+  (FAISS's k-means minimum); the quantizer is trained (spherical k-means, 10 iterations) on
+  a sample of at most `ivf_train_max` (100k) of the partition's vectors; a search probes
+  `ivf_nprobe` (32) lists. The partition is retrained and rebuilt when its live size has
+  moved `ivf_regrow` (4x) away from the size it was trained at, up or down.
+
+A partition moves up a tier as soon as it passes the tier's bound and down only once it
+has shrunk to half the bound below (hysteresis: no rebuild ping-pong around a threshold).
+
+A rebuild (tier change, tombstone compaction, IVF retrain) copies the live vectors and
+ids under the partition's lock, builds (and trains) the new index *without* holding it
+(searches and mutations keep using the old one and mutations are logged), then replays the
+log and swaps. It runs in the worker thread of the mutation that triggered it, so that one
+call waits for the build; nothing else does.
+
+Measured on the 2-core dev box (384 dims, shared and loaded; `bench/index_scale.py`):
+MEASUREMENTS
 
 Threads. FAISS mutations are not thread-safe: every partition has its own lock, and a
 registry lock guards the key <-> id maps (lock order: partition, then registry; never two
@@ -48,6 +66,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol, TypeVar, runtime_checkable
@@ -61,10 +80,18 @@ log = logging.getLogger("stratacache.semantic_index")
 
 T = TypeVar("T")
 
+# Defaults chosen from bench/index_scale.py measurements (see the module docstring).
+EF_CONSTRUCTION = 40
+IVF_NPROBE = 32
+
 # Replaying a rebuild's log under the lock only once it is this short (in vectors).
 _REPLAY_UNDER_LOCK = 1024
 # Batches smaller than this add with one OpenMP thread (a parallel region costs more).
 _PARALLEL_ADD_MIN = 256
+# FAISS's k-means wants at least this many training points per centroid.
+_IVF_MIN_POINTS_PER_LIST = 39
+# Tiers, smallest first.
+_RANK = {"flat": 0, "hnsw": 1, "ivf": 2}
 
 
 @runtime_checkable
@@ -81,25 +108,47 @@ class VectorIndex(Protocol):
     async def remove(self, key: Key) -> bool: ...
 
 
-def _remove_ids(index: faiss.Index, hnsw: bool, tombstones: set[int], ids: np.ndarray) -> None:
+def _remove_ids(index: faiss.Index, kind: str, tombstones: set[int], ids: np.ndarray) -> None:
     """Partition lock held. HNSW cannot remove: its removed ids become tombstones."""
-    if hnsw:
+    if kind == "hnsw":
         tombstones.update(ids.tolist())
+    elif kind == "ivf":
+        # an IDSelectorArray goes through the hash-table direct map (O(1) an id); the
+        # IDSelectorBatch that `remove_ids(array)` would build scans every inverted list
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
     else:
         index.remove_ids(ids)
+
+
+def _ivf_contents(index: faiss.IndexIVF, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Partition lock held. Copies of every (id, vector) stored in an `IndexIVFFlat`."""
+    lists = index.invlists
+    sizes = [lists.list_size(i) for i in range(index.nlist)]
+    total = sum(sizes)
+    ids = np.empty(total, dtype=np.int64)
+    x = np.empty((total, dim), dtype=np.float32)
+    at = 0
+    for i, size in enumerate(sizes):
+        if size:
+            ids[at:at + size] = faiss.rev_swig_ptr(lists.get_ids(i), size)
+            x[at:at + size] = faiss.rev_swig_ptr(lists.get_codes(i), size * index.code_size).view(np.float32).reshape(size, dim)
+            at += size
+    return ids, x
 
 
 class _Partition:
     """One partition's FAISS index and its bookkeeping. Fields marked (P) are guarded by
     `lock`, (R) by the registry lock of the owning `SemanticIndex`."""
 
-    __slots__ = ("name", "lock", "index", "hnsw", "tombstones", "selector", "log", "keys", "pending")
+    __slots__ = ("name", "lock", "index", "kind", "trained", "tombstones", "selector", "log", "keys", "pending")
 
     def __init__(self, name: str, index: faiss.Index) -> None:
         self.name = name
         self.lock = threading.Lock()
-        self.index = index  # (P) IndexIDMap2 over IndexFlatIP or IndexHNSWFlat
-        self.hnsw = False  # (P)
+        self.index = index  # (P) IndexIDMap2 over IndexFlatIP / IndexHNSWFlat, or IndexIVFFlat
+        self.kind = "flat"  # (P) "flat", "hnsw" or "ivf"
+        self.trained = 0  # (P) IVF: live vectors when the quantizer was trained
         self.tombstones: set[int] = set()  # (P) removed ids still in the HNSW graph
         self.selector: tuple[faiss.IDSelector, faiss.IDSelector] | None = None  # (P) cached "not a tombstone"
         self.log: list[tuple[np.ndarray, np.ndarray | None]] | None = None  # (P) ops during a rebuild
@@ -115,27 +164,44 @@ class SemanticIndex:
         dim: int,
         *,
         flat_max: int = 50_000,
+        hnsw_max: int | None = None,
         hnsw_m: int = 32,
-        ef_construction: int = 40,
+        ef_construction: int = EF_CONSTRUCTION,
         ef_search: int = 64,
         tombstone_fraction: float = 0.2,
+        ivf_nlist_factor: float = 4.0,
+        ivf_nprobe: int = IVF_NPROBE,
+        ivf_train_max: int = 100_000,
+        ivf_regrow: float = 4.0,
         inline_max: int = 2048,
         search_threads: int = 1,
         build_threads: int | None = None,
         executor: Executor | None = None,
     ) -> None:
+        hnsw_max = flat_max if hnsw_max is None else hnsw_max
         if dim <= 0:
             raise ValueError("dim must be positive")
         if flat_max < 1:
             raise ValueError("flat_max must be at least 1")
+        if hnsw_max < flat_max:
+            raise ValueError("hnsw_max must be at least flat_max (equal: no HNSW tier)")
         if not 0.0 < tombstone_fraction <= 1.0:
             raise ValueError("tombstone_fraction must be in (0, 1]")
+        if ivf_nlist_factor <= 0 or ivf_nprobe < 1 or ivf_train_max < 1:
+            raise ValueError("ivf_nlist_factor, ivf_nprobe and ivf_train_max must be positive")
+        if ivf_regrow <= 1.0:
+            raise ValueError("ivf_regrow must be above 1")
         self.dim = dim
         self.flat_max = flat_max
+        self.hnsw_max = hnsw_max
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.tombstone_fraction = tombstone_fraction
+        self.ivf_nlist_factor = ivf_nlist_factor
+        self.ivf_nprobe = ivf_nprobe
+        self.ivf_train_max = ivf_train_max
+        self.ivf_regrow = ivf_regrow
         self.inline_max = inline_max
         self.search_threads = search_threads
         self.build_threads = build_threads if build_threads is not None else (os.cpu_count() or 1)
@@ -146,7 +212,9 @@ class SemanticIndex:
         self._by_id: dict[int, Key] = {}
         self._next_id = itertools.count(1)
         self.rebuilds = 0
-        """Number of completed rebuilds (Flat -> HNSW, tombstone compactions)."""
+        """Number of completed rebuilds (tier changes, tombstone compactions, IVF retrains)."""
+        self.rebuild_history: deque[dict] = deque(maxlen=64)
+        """The latest completed rebuilds: partition, from/to kind, vectors, nlist, seconds."""
 
     # -- the VectorIndex protocol ----------------------------------------------------------
     async def add(self, key: Key, vector: np.ndarray, partition: str) -> None:
@@ -224,11 +292,9 @@ class SemanticIndex:
         return entry[0].name if entry is not None else None
 
     def kind(self, partition: str) -> str | None:
-        """"flat" or "hnsw" (None for an unknown partition)."""
+        """"flat", "hnsw" or "ivf" (None for an unknown partition)."""
         part = self._parts.get(partition)
-        if part is None:
-            return None
-        return "hnsw" if part.hnsw else "flat"
+        return part.kind if part is not None else None
 
     def tombstones(self, partition: str) -> int:
         part = self._parts.get(partition)
@@ -237,9 +303,22 @@ class SemanticIndex:
         with part.lock:
             return len(part.tombstones)
 
+    def stats(self, partition: str) -> dict | None:
+        """The partition's index: kind, vectors (FAISS entries, tombstones included),
+        tombstones, and for IVF nlist, nprobe and the live size it was trained at."""
+        part = self._parts.get(partition)
+        if part is None:
+            return None
+        with part.lock:
+            out = {"kind": part.kind, "vectors": part.index.ntotal, "tombstones": len(part.tombstones)}
+            if part.kind == "ivf":
+                out.update(nlist=part.index.nlist, nprobe=min(self.ivf_nprobe, part.index.nlist), trained=part.trained)
+        return out
+
     def memory_bytes(self, partition: str | None = None) -> int:
-        """Approximate bytes FAISS holds for one partition (or all): vectors, HNSW graph,
-        id maps (`IndexIDMap2`'s reverse map estimated at 48 bytes an entry)."""
+        """Approximate bytes FAISS holds for one partition (or all): vectors, ids, HNSW graph,
+        IVF centroids, id maps (`IndexIDMap2`'s reverse map and the IVF direct map estimated
+        at 48 bytes an entry)."""
         with self._registry:
             if partition is None:
                 parts = list(self._parts.values())
@@ -250,9 +329,11 @@ class SemanticIndex:
             with part.lock:
                 n = part.index.ntotal
                 total += n * (4 * self.dim + 8 + 48)
-                if part.hnsw:
+                if part.kind == "hnsw":
                     graph = faiss.downcast_index(part.index.index).hnsw
                     total += graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+                elif part.kind == "ivf":
+                    total += part.index.nlist * (4 * self.dim + 64)  # centroids, list headers
         return total
 
     def get_vector(self, key: Key) -> np.ndarray | None:
@@ -269,7 +350,9 @@ class SemanticIndex:
 
     def search_all_partitions(self, vector: np.ndarray, min_score: float) -> list[tuple[Key, str, float]]:
         """Every (key, partition, score) with score >= min_score, across all partitions,
-        best first. For the admin "ban by meaning" sweep; blocking: run it in a thread."""
+        best first. For the admin "ban by meaning" sweep; blocking: run it in a thread.
+        Exact for Flat and IVF partitions (IVF probes every list here); HNSW widens its
+        search until the worst hit falls below `min_score`."""
         q = self._matrix(vector)
         if q.shape[0] != 1:
             raise ValueError("search_all_partitions takes one vector")
@@ -359,8 +442,8 @@ class SemanticIndex:
         for part, vids in removed.items():
             ids = np.asarray(vids, dtype=np.int64)
             with part.lock:
-                _remove_ids(part.index, part.hnsw, part.tombstones, ids)
-                if part.hnsw:
+                _remove_ids(part.index, part.kind, part.tombstones, ids)
+                if part.kind == "hnsw":
                     part.selector = None
                 if part.log is not None:
                     part.log.append((ids, None))
@@ -369,8 +452,10 @@ class SemanticIndex:
     def _search_blocking(self, part: _Partition, q: np.ndarray, k: int) -> list[tuple[Key, float]]:
         faiss.omp_set_num_threads(self.search_threads)
         with part.lock:
-            if part.hnsw:
+            if part.kind == "hnsw":
                 dist, ids = part.index.search(q, k, params=self._hnsw_params(part, k))
+            elif part.kind == "ivf":
+                dist, ids = part.index.search(q, k, params=self._ivf_params(part, self.ivf_nprobe))
             else:
                 dist, ids = part.index.search(q, k)
         out: list[tuple[Key, float]] = []
@@ -382,9 +467,13 @@ class SemanticIndex:
         return out
 
     def _range_locked(self, part: _Partition, q: np.ndarray, min_score: float) -> list[tuple[int, float]]:
-        if not part.hnsw:
+        if part.kind != "hnsw":
             # range_search keeps scores strictly above the radius for inner products
-            lims, dist, ids = part.index.range_search(q, float(np.nextafter(np.float32(min_score), np.float32(-2))))
+            radius = float(np.nextafter(np.float32(min_score), np.float32(-2)))
+            if part.kind == "ivf":  # every list: exact, like Flat
+                lims, dist, ids = part.index.range_search(q, radius, params=self._ivf_params(part, part.index.nlist))
+            else:
+                lims, dist, ids = part.index.range_search(q, radius)
             return [(i, s) for i, s in zip(ids.tolist(), dist.tolist()) if s >= min_score]
         # HNSW has no range search: widen k until the worst hit falls below min_score
         k = 64
@@ -406,29 +495,53 @@ class SemanticIndex:
             params.sel = part.selector[1]
         return params
 
+    @staticmethod
+    def _ivf_params(part: _Partition, nprobe: int) -> faiss.SearchParametersIVF:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = max(1, min(nprobe, part.index.nlist))
+        return params
+
     # -- rebuilds -------------------------------------------------------------------------------
+    def _kind_for(self, n: int, current: str) -> str:
+        """The tier for `n` live vectors: up past a bound, down only at half of it."""
+        up = "flat" if n <= self.flat_max else "hnsw" if n <= self.hnsw_max else "ivf"
+        if _RANK[up] >= _RANK[current]:
+            return up
+        down = "flat" if n <= self.flat_max // 2 else "hnsw" if n <= self.hnsw_max // 2 else "ivf"
+        return down if _RANK[down] <= _RANK[current] else current
+
+    def _needs_rebuild(self, part: _Partition) -> bool:
+        """Partition lock held."""
+        total = part.index.ntotal
+        live = total - len(part.tombstones)
+        if part.kind == "hnsw" and len(part.tombstones) > self.tombstone_fraction * total:
+            return True
+        if part.kind == "ivf" and not part.trained / self.ivf_regrow <= live <= part.trained * self.ivf_regrow:
+            return True
+        return self._kind_for(live, part.kind) != part.kind
+
     def _maybe_rebuild(self, part: _Partition) -> None:
         with part.lock:
-            if part.log is not None:
-                return  # one is running
-            total = part.index.ntotal
-            if part.hnsw:
-                if len(part.tombstones) <= self.tombstone_fraction * total:
-                    return
-            elif total <= self.flat_max:
-                return
-            was_hnsw = part.hnsw
-            ids = faiss.vector_to_array(part.index.id_map).astype(np.int64, copy=False)
-            x = part.index.index.reconstruct_n(0, total)
-            if part.tombstones:
-                live = ~np.isin(ids, np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
-                ids, x = ids[live], x[live]
+            if part.log is not None or not self._needs_rebuild(part):
+                return  # one is running, or none is due
+            was = part.kind
+            if was == "ivf":
+                ids, x = _ivf_contents(part.index, self.dim)
+            else:
+                ids = faiss.vector_to_array(part.index.id_map).astype(np.int64, copy=False)
+                x = part.index.index.reconstruct_n(0, part.index.ntotal)
+                if part.tombstones:
+                    live = ~np.isin(ids, np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
+                    ids, x = ids[live], x[live]
             part.log = []
-        to_hnsw = len(ids) > (self.flat_max // 2 if was_hnsw else self.flat_max)
+        kind = self._kind_for(len(ids), was)
         started = time.perf_counter()
         try:
             faiss.omp_set_num_threads(self.build_threads)
-            new = self._new_hnsw() if to_hnsw else self._new_flat()
+            if kind == "ivf":
+                new = self._new_ivf(x)
+            else:
+                new = self._new_hnsw() if kind == "hnsw" else self._new_flat()
             new.add_with_ids(x, ids)
             del x
             tombstones: set[int] = set()
@@ -436,28 +549,33 @@ class SemanticIndex:
                 with part.lock:
                     ops, part.log = part.log, []
                     if sum(len(op[0]) for op in ops) <= _REPLAY_UNDER_LOCK:
-                        self._replay(ops, new, to_hnsw, tombstones)
-                        part.index, part.hnsw, part.tombstones = new, to_hnsw, tombstones
+                        self._replay(ops, new, kind, tombstones)
+                        part.index, part.kind, part.tombstones = new, kind, tombstones
+                        part.trained = len(ids) if kind == "ivf" else 0
                         part.selector = None
                         part.log = None
                         self.rebuilds += 1
                         break
-                self._replay(ops, new, to_hnsw, tombstones)  # long logs: off the lock, then again
+                self._replay(ops, new, kind, tombstones)  # long logs: off the lock, then again
         except BaseException:
             with part.lock:
                 part.log = None
             raise
-        log.info("rebuilt partition index", extra={
-            "kind": "hnsw" if to_hnsw else "flat", "vectors": len(ids), "seconds": time.perf_counter() - started})
+        seconds = time.perf_counter() - started
+        event = {"partition": part.name, "from": was, "to": kind, "vectors": len(ids), "seconds": round(seconds, 3)}
+        if kind == "ivf":
+            event["nlist"] = new.nlist
+        self.rebuild_history.append(event)
+        log.info("rebuilt partition index", extra=event)
 
     @staticmethod
-    def _replay(ops: list[tuple[np.ndarray, np.ndarray | None]], index: faiss.Index, hnsw: bool,
+    def _replay(ops: list[tuple[np.ndarray, np.ndarray | None]], index: faiss.Index, kind: str,
                 tombstones: set[int]) -> None:
         for ids, x in ops:
             if x is not None:
                 index.add_with_ids(x, ids)
             else:
-                _remove_ids(index, hnsw, tombstones, ids)
+                _remove_ids(index, kind, tombstones, ids)
 
     # -- helpers --------------------------------------------------------------------------------
     def _new_flat(self) -> faiss.Index:
@@ -469,6 +587,27 @@ class SemanticIndex:
         inner.hnsw.efSearch = self.ef_search
         return faiss.IndexIDMap2(inner)
 
+    def ivf_nlist(self, n: int) -> int:
+        """The number of IVF lists for a partition trained at `n` vectors."""
+        sample = min(n, self.ivf_train_max)
+        return max(1, min(round(self.ivf_nlist_factor * n ** 0.5), sample // _IVF_MIN_POINTS_PER_LIST))
+
+    def _new_ivf(self, x: np.ndarray) -> faiss.IndexIVFFlat:
+        """An empty `IndexIVFFlat` trained on (a sample of) `x`. Slow: no lock held."""
+        n = len(x)
+        nlist = self.ivf_nlist(n)
+        if n > self.ivf_train_max:
+            pick = np.random.default_rng(n).choice(n, self.ivf_train_max, replace=False)
+            pick.sort()
+            sample = x[pick]
+        else:
+            sample = x
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(sample)  # spherical k-means (inner product), 10 iterations, fixed seed
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids and reconstruct by id
+        index.nprobe = max(1, min(self.ivf_nprobe, nlist))
+        return index
+
     def _drop_if_empty(self, part: _Partition) -> None:
         """Registry lock held. Forget a partition with no keys and no add in flight."""
         if not part.keys and part.pending == 0 and self._parts.get(part.name) is part:
@@ -476,7 +615,7 @@ class SemanticIndex:
 
     def _inline(self, part: _Partition, adding: int) -> bool:
         n = len(part.keys) + adding
-        return not part.hnsw and n <= self.inline_max and n <= self.flat_max
+        return part.kind == "flat" and n <= self.inline_max and n <= self.flat_max
 
     async def _call(self, inline: bool, fn: Callable[..., T], *args: object) -> T:
         if inline:

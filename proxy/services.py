@@ -255,9 +255,11 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
             from cache.semantic_stage import Calibration
             from policies.calibration import GlobalPrior
 
+            # the prior's threshold is a placeholder: each lookup starts from its request's threshold
             calibration = Calibration(prior=GlobalPrior(sem.prior.a, sem.prior.b, sem.threshold, 0.0,
                                                         sem.prior.offset_sd),
-                                      radius=sem.evidence.radius, neighbours=sem.evidence.neighbours)
+                                      margin=sem.prior.margin, radius=sem.evidence.radius,
+                                      neighbours=sem.evidence.neighbours)
         semantic = SemanticStage(embedder=embedder, index=index, store=store,
                                  consider_threshold=min(settings.semantic.consider_threshold,
                                                         settings.semantic.threshold),

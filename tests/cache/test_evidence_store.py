@@ -72,6 +72,13 @@ async def test_evidence_is_bounded_per_key_and_forgotten_on_delete(clients):
     assert (await redis_store(clients()).get_many(["k"]))["k"] == Evidence()
 
 
+async def test_the_number_of_entries_with_evidence_is_bounded(clients):
+    s = redis_store(clients(), max_keys=10)
+    for i in range(64):  # the bound is enforced every 64 adds
+        await s.add(f"k{i}", 0.9, True)
+    assert await clients().hlen("t:ev") == 10
+
+
 async def test_reads_go_through_a_local_cache_that_expires(clients):
     clock = FakeClock()
     writer, reader = redis_store(clients()), redis_store(clients(), clock, cache_ttl_s=30.0)
@@ -195,6 +202,13 @@ async def test_without_evidence_the_request_threshold_applies(clock):
     look = await lookup(cache)
     assert look.hit is not None and look.hit.threshold == pytest.approx(0.944) and look.hit.rule == "global"
     assert (await lookup(cache, threshold=0.96)).hit is None
+
+
+async def test_calibration_starts_a_margin_above_the_request_threshold(clock):
+    stage, cache, _ = await stage_with([("seed", 0.945)], MemoryEvidenceStore(), clock)
+    stage.calibration = Calibration(PRIOR, margin=0.0028)
+    look = await lookup(cache)
+    assert look.hit is None and look.probe.threshold == pytest.approx(0.9468) and look.probe.rule == "global"
 
 
 async def test_bad_evidence_stops_and_good_evidence_admits(clock):

@@ -1,8 +1,10 @@
-"""SemanticIndex against real FAISS: partitions, replacement, Flat -> HNSW, tombstones, threads."""
+"""SemanticIndex against real FAISS: partitions, replacement, Flat -> HNSW -> IVF, tombstones,
+IVF removals and retrains, rebuilds racing mutations, threads."""
 from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +93,7 @@ async def test_replace_on_readd_and_empty_partitions_dropped(rng):
 
 
 async def test_flat_to_hnsw_keeps_results_and_honours_tombstones(rng):
-    index = SemanticIndex(DIM, flat_max=64, tombstone_fraction=0.25, inline_max=16)
+    index = SemanticIndex(DIM, flat_max=64, hnsw_max=10_000, tombstone_fraction=0.25, inline_max=16)
     vs = unit(rng, 150)
     for i in range(40):  # one by one, then a batch crossing the threshold
         await index.add(f"k{i}", vs[i], "p")
@@ -135,23 +137,27 @@ async def test_flat_to_hnsw_keeps_results_and_honours_tombstones(rng):
 
 
 async def test_search_all_partitions(rng):
-    index = SemanticIndex(DIM, flat_max=20)
+    index = SemanticIndex(DIM, flat_max=20, hnsw_max=50)
     v = unit(rng)
     await index.add("flat-close", near(rng, v, 0.02), "small")
     await index.add("flat-far", -v, "small")
     await index.add_many([f"h{i}" for i in range(30)], unit(rng, 30), "big")  # HNSW
     await index.add("hnsw-close", near(rng, v, 0.02), "big")
-    assert index.kind("big") == "hnsw"
+    await index.add_many([f"i{i}" for i in range(60)], unit(rng, 60), "huge")  # IVF
+    await index.add("ivf-close", near(rng, v, 0.02), "huge")
+    assert index.kind("big") == "hnsw" and index.kind("huge") == "ivf"
     hits = await asyncio.to_thread(index.search_all_partitions, v, 0.9)
-    assert {(k, p) for k, p, _ in hits} == {("flat-close", "small"), ("hnsw-close", "big")}
+    assert {(k, p) for k, p, _ in hits} == {("flat-close", "small"), ("hnsw-close", "big"), ("ivf-close", "huge")}
     assert all(s >= 0.9 for _, _, s in hits)
     everything = index.search_all_partitions(v, -1.0)
-    assert len(everything) == 33
+    assert len(everything) == 33 + 61  # IVF probes every list here: exact
 
 
-async def test_concurrent_adds_searches_removes_across_a_rebuild(rng):
-    # small thresholds so that worker threads, inline calls and a Flat -> HNSW rebuild mix
-    index = SemanticIndex(DIM, flat_max=150, inline_max=32, tombstone_fraction=0.3)
+@pytest.mark.parametrize("tier", ["hnsw", "ivf"])
+async def test_concurrent_adds_searches_removes_across_a_rebuild(rng, tier):
+    # small thresholds so that worker threads, inline calls and a Flat -> HNSW/IVF rebuild mix
+    index = SemanticIndex(DIM, flat_max=150, hnsw_max=10_000 if tier == "hnsw" else None, inline_max=32,
+                          tombstone_fraction=0.3)
     parts = ["p0", "p1", "p2"]
     vs = unit(rng, 600)
     expected = {f"k{i}": (parts[i % 3], vs[i]) for i in range(600)}
@@ -183,16 +189,163 @@ async def test_concurrent_adds_searches_removes_across_a_rebuild(rng):
     for p, _ in expected.values():
         want[p] = want.get(p, 0) + 1
     assert index.sizes() == want
-    assert index.kind("p0") == "hnsw"
+    assert index.kind("p0") == tier
     for key, (p, v) in list(expected.items())[::7]:
         np.testing.assert_allclose(index.get_vector(key), v)
         assert (await index.search(v, p, 1))[0][0] == key
 
 
 async def test_memory_bytes_counts_vectors_and_graph(rng):
-    index = SemanticIndex(DIM, flat_max=20)
+    index = SemanticIndex(DIM, flat_max=20, hnsw_max=50)
     await index.add_many([f"f{i}" for i in range(10)], unit(rng, 10), "flat")
     await index.add_many([f"h{i}" for i in range(40)], unit(rng, 40), "hnsw")
-    flat, hnsw = index.memory_bytes("flat"), index.memory_bytes("hnsw")
+    await index.add_many([f"i{i}" for i in range(80)], unit(rng, 80), "ivf")
+    assert [index.kind(p) for p in ("flat", "hnsw", "ivf")] == ["flat", "hnsw", "ivf"]
+    flat, hnsw, ivf = index.memory_bytes("flat"), index.memory_bytes("hnsw"), index.memory_bytes("ivf")
     assert flat >= 10 * DIM * 4 and hnsw > 40 * DIM * 4 * 1.2  # the graph costs extra
-    assert index.memory_bytes() == flat + hnsw and index.memory_bytes("nope") == 0
+    assert ivf >= 80 * DIM * 4 + index.stats("ivf")["nlist"] * DIM * 4  # vectors and centroids
+    assert index.memory_bytes() == flat + hnsw + ivf and index.memory_bytes("nope") == 0
+
+
+# -- the IVF tier ------------------------------------------------------------------------------
+def ivf_index(**kw) -> SemanticIndex:
+    """IVF past 2,000 vectors; at 32 dims and a few thousand vectors nlist stays small."""
+    return SemanticIndex(DIM, **{"flat_max": 2000, "ivf_nprobe": 8, **kw})
+
+
+async def test_ivf_tier_results_removals_and_readd(rng):
+    index = ivf_index()
+    vs = unit(rng, 3000)
+    for s in range(0, 3000, 500):
+        await index.add_many([f"k{i}" for i in range(s, s + 500)], vs[s:s + 500], "p")
+    stats = index.stats("p")
+    assert stats["kind"] == "ivf" and index.rebuilds == 1 and stats["trained"] == 2500
+    assert stats["nlist"] == index.ivf_nlist(2500) == 64 and stats["nprobe"] == 8  # 2500 // 39 caps 4 sqrt(2500)
+    assert stats["vectors"] == 3000 and len(index) == 3000
+
+    # a stored vector sits in the list of its nearest centroid, which is always probed
+    for i in range(0, 3000, 37):
+        hits = await index.search(vs[i], "p", 4)
+        assert hits[0][0] == f"k{i}" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert len(hits) == 4 and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    # near queries: approximate, but at 8 of 64 lists almost always right
+    found = [(await index.search(near(rng, vs[i]), "p", 1))[0][0] == f"k{i}" for i in range(0, 3000, 15)]
+    assert np.mean(found) >= 0.9
+
+    # removals really remove (no tombstones), and never come back
+    removed = {f"k{i}" for i in range(0, 3000, 3)}
+    assert await index.remove_many(removed) == 1000
+    assert index.stats("p")["vectors"] == 2000 and index.tombstones("p") == 0 and index.kind("p") == "ivf"
+    for i in range(0, 60):
+        keys = [k for k, _ in await index.search(vs[i], "p", 8)]
+        assert not removed & set(keys)
+        if f"k{i}" not in removed:
+            assert keys[0] == f"k{i}"
+    assert index.get_vector("k0") is None
+    np.testing.assert_allclose(index.get_vector("k1"), vs[1])
+
+    # re-adding a key replaces its vector; an identical re-add changes nothing
+    new = unit(rng)
+    await index.add("k1", new, "p")
+    assert index.stats("p")["vectors"] == 2000 and len(index) == 2000
+    np.testing.assert_allclose(index.get_vector("k1"), new)
+    assert (await index.search(new, "p", 1))[0][0] == "k1"
+    assert "k1" not in [k for k, _ in await index.search(vs[1], "p", 4)]
+    assert await index.add_many(["k1", "k2"], np.stack([new, vs[2]]), "p") == 0
+    assert index.stats("p")["vectors"] == 2000 and index.rebuilds == 1
+
+    # moving a key to another partition takes it out of this one
+    await index.add("k2", vs[2], "q")
+    assert index.partition_of("k2") == "q" and index.stats("p")["vectors"] == 1999
+    assert "k2" not in [k for k, _ in await index.search(vs[2], "p", 4)]
+
+
+async def test_ivf_partition_isolation(rng):
+    index = ivf_index(flat_max=300)
+    a, b = unit(rng, 400), unit(rng, 400)
+    await index.add_many([f"a{i}" for i in range(400)], a, "tenant-a")
+    await index.add_many([f"b{i}" for i in range(400)], b, "tenant-b")
+    await index.add("c0", a[0], "tenant-c")  # a Flat partition holding a copy of a0
+    assert {index.kind(p) for p in ("tenant-a", "tenant-b")} == {"ivf"} and index.kind("tenant-c") == "flat"
+    for i in range(0, 400, 20):
+        assert all(k.startswith("a") for k, _ in await index.search(b[i], "tenant-a", 8))
+        assert all(k.startswith("b") for k, _ in await index.search(a[i], "tenant-b", 8))
+        assert (await index.search(b[i], "tenant-b", 1))[0][0] == f"b{i}"
+    assert [k for k, _ in await index.search(a[0], "tenant-c", 4)] == ["c0"]
+    assert (await index.search(a[0], "tenant-a", 1))[0][0] == "a0"
+
+
+async def test_ivf_retrains_when_grown_or_shrunk_and_keeps_results(rng):
+    index = ivf_index(flat_max=400, ivf_regrow=4.0)
+    vs = unit(rng, 2200)
+    await index.add_many([f"k{i}" for i in range(500)], vs[:500], "p")
+    assert index.stats("p")["trained"] == 500 and index.stats("p")["nlist"] == 12  # 500 // 39
+    for s in range(500, 2000, 250):  # 2000 <= 4 x 500: the same quantizer
+        await index.add_many([f"k{i}" for i in range(s, s + 250)], vs[s:s + 250], "p")
+    assert index.rebuilds == 1
+    await index.add_many([f"k{i}" for i in range(2000, 2200)], vs[2000:], "p")  # 2200 > 4 x 500
+    assert index.rebuilds == 2 and index.kind("p") == "ivf"
+    assert index.stats("p")["trained"] == 2200 and index.stats("p")["nlist"] == 56  # 2200 // 39
+    assert list(index.rebuild_history)[-1] == {**list(index.rebuild_history)[-1], "from": "ivf", "to": "ivf",
+                                               "vectors": 2200, "nlist": 56}
+    for i in range(0, 2200, 23):
+        assert (await index.search(vs[i], "p", 1))[0][0] == f"k{i}"
+
+    # shrinking by 4x retrains too; at half of flat_max it goes back to Flat (hysteresis)
+    await index.remove_many([f"k{i}" for i in range(1700)])  # 500 live < 2200 / 4
+    assert index.rebuilds == 3 and index.stats("p") == {**index.stats("p"), "kind": "ivf", "trained": 500}
+    await index.remove_many([f"k{i}" for i in range(1700, 1850)])  # 350 live: not yet
+    assert index.kind("p") == "ivf"
+    await index.remove_many([f"k{i}" for i in range(1850, 2000)])  # 200 live <= 400 / 2
+    assert index.kind("p") == "flat" and index.rebuilds == 4 and index.sizes() == {"p": 200}
+    for i in range(2000, 2200, 11):
+        assert (await index.search(vs[i], "p", 1))[0][0] == f"k{i}"
+
+
+async def test_ivf_rebuild_replays_mutations_made_while_it_builds(rng):
+    """The Flat -> IVF build runs off the lock: searches, adds, removes and replacements
+    that happen meanwhile go to the old index and are replayed into the new one (the
+    1,200-vector batch also takes the replay-off-the-lock path)."""
+    index = ivf_index(flat_max=300)
+    vs = unit(rng, 2000)
+    await index.add_many([f"k{i}" for i in range(300)], vs[:300], "p")
+    entered, release = threading.Event(), threading.Event()
+    build = index._new_ivf
+
+    def slow_build(x: np.ndarray):
+        entered.set()
+        assert release.wait(10)
+        return build(x)
+
+    index._new_ivf = slow_build
+    crossing = asyncio.create_task(index.add_many([f"k{i}" for i in range(300, 400)], vs[300:400], "p"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert index.kind("p") == "flat"  # still the old index, and usable
+    assert (await index.search(vs[350], "p", 1))[0][0] == "k350"
+    await index.add_many([f"k{i}" for i in range(400, 1600)], vs[400:1600], "p")
+    await index.remove_many([f"k{i}" for i in range(0, 100)] + [f"k{i}" for i in range(1500, 1600)])
+    await index.add("k100", vs[1999], "p")  # replace
+    await index.add("elsewhere", vs[1998], "q")
+    release.set()
+    await crossing
+    assert index.kind("p") == "ivf" and index.rebuilds == 1 and index.stats("p")["trained"] == 400
+    assert index.sizes() == {"p": 1400, "q": 1} and index.stats("p")["vectors"] == 1400
+    for i in range(0, 1600, 13):
+        top = [k for k, _ in await index.search(vs[i], "p", 1)]
+        assert top == [f"k{i}"] if 100 < i < 1500 else f"k{i}" not in top
+    assert (await index.search(vs[1999], "p", 1))[0][0] == "k100"
+    np.testing.assert_allclose(index.get_vector("k100"), vs[1999])
+    assert index.get_vector("k0") is None and index.get_vector("k1500") is None
+
+
+def test_tier_for_size_has_hysteresis():
+    index = SemanticIndex(DIM, flat_max=100, hnsw_max=1000)
+    assert [index._kind_for(n, "flat") for n in (100, 101, 1000, 1001)] == ["flat", "hnsw", "hnsw", "ivf"]
+    assert [index._kind_for(n, "hnsw") for n in (51, 50, 1001)] == ["hnsw", "flat", "ivf"]
+    assert [index._kind_for(n, "ivf") for n in (501, 500, 51, 50)] == ["ivf", "hnsw", "hnsw", "flat"]
+    no_hnsw = SemanticIndex(DIM, flat_max=100)
+    assert [no_hnsw._kind_for(n, "flat") for n in (100, 101)] == ["flat", "ivf"]
+    assert [no_hnsw._kind_for(n, "ivf") for n in (100, 51, 50)] == ["ivf", "ivf", "flat"]
+    assert [no_hnsw.ivf_nlist(n) for n in (20, 1000, 100_000, 1_000_000)] == [1, 25, 1265, 2564]
+    with pytest.raises(ValueError):
+        SemanticIndex(DIM, flat_max=100, hnsw_max=50)

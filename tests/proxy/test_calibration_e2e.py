@@ -136,9 +136,7 @@ def test_an_evidence_outage_fails_open(make_proxy, backend_url, embedder, redis_
         seed(url, redis_url)
         r = redis.Redis.from_url(redis_url)
         try:
-            r.hset("sc:ev", "x", "1")
-            r.rename("sc:ev", "sc:ev-moved")
-            r.set("sc:ev", "not a hash")  # every evidence read now fails with WRONGTYPE
+            r.set("sc:ev", "not a hash")  # every evidence read now fails (WRONGTYPE)
         finally:
             r.close()
         assert ask(url, HIGH)[:2] == ("HIT", "L3")  # decided without evidence: the static threshold
@@ -218,7 +216,7 @@ def test_judge_no_keeps_the_miss_and_records_wrong_evidence(make_proxy, fake_ups
             (0.93, False)]
         # no alias: the repeat is served its own fresh answer, never the seed's
         assert ask(url, GREY) == ("HIT", "L1", f"answer to: {GREY}")
-        assert ask(url, GREY_3)[0] == "MISS"
+        assert ask(url, HIGH)[0] == "MISS"  # 0.966: served without evidence, not after a "no" at 0.93
         assert metric(url, "stratacache_judge_aliases_total") == 0
 
 
@@ -229,6 +227,92 @@ def test_judge_is_off_by_default_and_sends_nothing(make_proxy, fake_upstream, em
         assert ask(url, GREY)[0] == "MISS"
         # the grey pair is still learnt from, by confirmation ("answer to: ..." texts embed alike)
         until(lambda: evidence_of(redis_url, key).observations, "the confirmation")
-        assert ask(url, GREY_3)[0] in ("MISS", "HIT")
         assert fake.judged == [] and fake.answered >= 2
         assert metric(url, 'stratacache_judge_total{outcome="yes"}') == 0
+
+
+# -- the judge's parts, without servers ---------------------------------------------------------
+
+@pytest.mark.parametrize("content, verdict", [
+    ("yes", True), ("Yes.", True), ("**YES**", True), ("no", False), (" No, they differ", False),
+    ("I think yes", None), ("maybe", None), ("", None), (None, None),
+])
+def test_read_verdict(content, verdict):
+    from policies.judge_prompt import read_verdict
+
+    assert read_verdict({"choices": [{"message": {"content": content}}]}) is verdict
+
+
+def test_judge_body_is_short_and_greedy():
+    from policies.judge_prompt import judge_body
+
+    body = judge_body("m", "a" * 5000, "b")
+    assert (body["model"], body["temperature"], body["max_tokens"], body["stream"]) == ("m", 0, 3, False)
+    assert QUESTION in body["messages"][-1]["content"] and len(body["messages"][-1]["content"]) < 2300
+
+
+def test_token_bucket_spaces_calls_after_the_burst():
+    from proxy.judge import TokenBucket
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2.0, burst=2, clock=clock)
+    assert [bucket.reserve() for _ in range(2)] == [0.0, 0.0]
+    assert bucket.reserve() == pytest.approx(0.5)
+    assert bucket.reserve() == pytest.approx(1.0)  # reserved behind the previous one
+    clock.advance(10)
+    assert bucket.reserve() == 0.0  # refilled, but never past the burst
+    assert bucket.reserve() == 0.0
+    assert bucket.reserve() == pytest.approx(0.5)
+
+
+def _judge(handler, **kw):
+    from cache.calibrated import GreyCandidate
+    from proxy.judge import Judge, JudgeJob
+    from proxy.metrics import Metrics
+
+    metrics = Metrics()
+    judge = Judge(url="http://judge.invalid", forward_credentials=False, cache=None, stage=None, metrics=metrics,
+                  transport=httpx.MockTransport(handler), **kw)
+    job = JudgeJob(grey=GreyCandidate("k", 0.9, "a", "b", 0.95), key="q", model="m")
+    return judge, job, metrics
+
+
+def _count(metrics, outcome: str) -> float:
+    prefix = f'stratacache_judge_total{{outcome="{outcome}"}} '
+    return next((float(line[len(prefix):]) for line in metrics.render().decode().splitlines()
+                 if line.startswith(prefix)), 0.0)
+
+
+async def test_judge_failures_and_unclear_answers_record_nothing():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if b'"Question 1: a' in request.content and request.headers.get("authorization") == "Bearer sk-judge":
+            return httpx.Response(200, json={"choices": [{"message": {"content": "perhaps"}}]})
+        return httpx.Response(500, json={"error": {"message": "boom"}})
+
+    judge, job, metrics = _judge(handler, api_key="sk-judge")
+    assert await judge.handle(job) is None
+    assert _count(metrics, "unclear") == 1
+    judge.api_key = None
+    assert await judge.handle(job) is None
+    assert _count(metrics, "error") == 1
+    await judge.aclose()
+
+
+async def test_judge_queue_is_bounded_and_close_does_not_wait_for_a_judgement():
+    import asyncio
+
+    started = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    judge, job, metrics = _judge(hang, queue_size=1, concurrency=1, timeout_s=3600)
+    judge.start()
+    assert judge.submit(job) is True
+    await asyncio.wait_for(started.wait(), 5)  # the worker took it and hangs on the upstream
+    assert judge.submit(job) is True and judge.submit(job) is False  # one waits, the next is dropped
+    assert _count(metrics, "dropped") == 1
+    await asyncio.wait_for(judge.aclose(), 2)
