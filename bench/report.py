@@ -16,7 +16,7 @@ from bench.driver import Record
 
 OURS = "stratacache"
 DIRECT = "direct"
-_STACK = [("L1", "#1f77b4"), ("L2", "#2ca02c"), ("L3", "#9467bd"), ("HIT", "#17becf"), ("STALE", "#bcbd22"),
+_STACK = [("L1", "#1f77b4"), ("L2", "#2ca02c"), ("L3", "#9467bd"), ("hit, layer not reported", "#17becf"),
           ("COALESCED", "#ff7f0e"), ("miss", "#d9d9d9"), ("failed", "#d62728")]
 
 
@@ -211,7 +211,7 @@ def write_plots(out: Path, results: dict, records: Sequence[Record]) -> list[Pat
             n = max(m["requests"], 1)
             parts = dict(m["by_layer"])
             bs = m["by_status"]
-            parts["HIT"] = max(bs.get("HIT", 0) + bs.get("STALE", 0) - sum(parts.values()), 0)
+            parts["hit, layer not reported"] = max(bs.get("HIT", 0) + bs.get("STALE", 0) - sum(parts.values()), 0)
             parts["COALESCED"] = bs.get("COALESCED", 0)
             parts["failed"] = results["targets"][t]["failed"]
             parts["miss"] = max(m["requests"] - sum(parts.values()), 0)
@@ -229,6 +229,7 @@ def write_plots(out: Path, results: dict, records: Sequence[Record]) -> list[Pat
                       [f"{t}\n{results['targets'][t]['measured']['false_hits']} false hits" for t in caches],
                       fontsize=8)
         ax.set_ylim(-0.6, len(caches) - 0.4)
+        ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("share of measured requests")
         ax.set_title(f"{results['scenario']['name']}: hit rate by layer")

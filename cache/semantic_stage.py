@@ -38,7 +38,7 @@ from embeddings.protocol import Embedder, EmbeddingError
 from policies.calibration import Evidence, GlobalPrior, decide
 
 if TYPE_CHECKING:
-    from cache.calibrated import GreyCandidate
+    from cache.tiered import GreyCandidate
     from cache.evidence_store import EvidenceStore
     from cache.tiered import LayerEvents, Lookup, TieredCache
 
@@ -139,8 +139,7 @@ class SemanticStage:
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
                      max_age: float | None) -> "Lookup":
-        from cache.calibrated import GreyCandidate, ThresholdedHit, ThresholdedProbe
-        from cache.tiered import NO_PROBE, Lookup, SemanticProbe
+        from cache.tiered import NO_PROBE, GreyCandidate, Hit, Lookup, SemanticProbe
 
         try:
             vec = await self.embed_one(text)
@@ -191,16 +190,16 @@ class SemanticStage:
             if applied is None:
                 applied = (t, rule)
             if serve:
-                return Lookup(ThresholdedHit(entry=entry, layer="L3", key=key, stale=hit.stale, similarity=sim,
+                return Lookup(Hit(entry=entry, layer="L3", key=key, stale=hit.stale, similarity=sim,
                                              verdict="ok", threshold=t, rule=rule),
-                              ThresholdedProbe(vector=vec, best_similarity=best, verdict="ok", threshold=t, rule=rule))
+                              SemanticProbe(vector=vec, best_similarity=best, verdict="ok", threshold=t, rule=rule))
             verdict = verdict or "below-threshold"
             if grey is None:
                 grey = GreyCandidate(key=key, similarity=sim, cached_text=entry.meta.semantic_text, query_text=text,
                                      threshold=t)
         if grey is not None and self.grey_zone:
             self._grey[(partition, text)] = grey
-        return Lookup(None, ThresholdedProbe(vector=vec, best_similarity=best, verdict=verdict,
+        return Lookup(None, SemanticProbe(vector=vec, best_similarity=best, verdict=verdict,
                                              threshold=applied[0] if applied else None,
                                              rule=applied[1] if applied else None, grey=grey))
 

@@ -30,17 +30,36 @@ class Hit:
     stale: bool = False
     similarity: float | None = None
     verdict: str | None = None
+    threshold: float | None = None
+    """L3: the threshold applied (the static one, or the entry's calibrated one)."""
+    rule: str | None = None
+    """L3: "static" (semantic.threshold or a rule), "global" (calibration, no evidence) or "calibrated"."""
+
+
+@dataclass(frozen=True, slots=True)
+class GreyCandidate:
+    """A verified candidate that was not served: the pair (query, cached) to learn from."""
+
+    key: Key
+    similarity: float
+    cached_text: str
+    query_text: str
+    threshold: float
 
 
 @dataclass(frozen=True, slots=True)
 class SemanticProbe:
     """What the semantic stage learnt on a miss: the query vector (reused at commit, so
-    a text is never embedded twice in one request), the best candidate's similarity and
-    the verdict on it."""
+    a text is never embedded twice in one request), the best candidate's similarity, the
+    verdict on it, the threshold applied to the best verified candidate, and the
+    grey-zone candidate the proxy learns from after answering."""
 
     vector: np.ndarray | None = None
     best_similarity: float | None = None
     verdict: str | None = None
+    threshold: float | None = None
+    rule: str | None = None
+    grey: GreyCandidate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,8 @@ def _hit_headers(hit: Hit, svc: Services, base: dict[str, str]) -> dict[str, str
     if hit.similarity is not None:
         h["x-cache-similarity"] = f"{hit.similarity:.4f}"
         h["x-cache-verdict"] = hit.verdict or "ok"
+    if hit.threshold is not None:
+        h["x-cache-threshold"] = f"{hit.threshold:.4f}"
     return h
 
 
@@ -192,6 +194,10 @@ async def _fetch(request: Request, route: str, raw: bytes, body: dict, d: Decisi
     headers = {**base, "x-cache-status": status}
     if look.probe.verdict and look.probe.verdict != "ok":
         headers["x-cache-verdict"] = look.probe.verdict
+    if look.probe.best_similarity is not None:
+        headers["x-cache-similarity"] = f"{look.probe.best_similarity:.4f}"  # the best candidate's, not served
+    if look.probe.threshold is not None:
+        headers["x-cache-threshold"] = f"{look.probe.threshold:.4f}"
     if not leader:
         svc.metrics.coalesced.inc()
     try:

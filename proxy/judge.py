@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import httpx
 import orjson
 
-from cache.calibrated import GreyCandidate
+from cache.tiered import GreyCandidate
 from cache.entry import Key
 from cache.layer import LayerError
 from cache.semantic_stage import SemanticStage

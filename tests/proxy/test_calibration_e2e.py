@@ -267,7 +267,7 @@ def test_token_bucket_spaces_calls_after_the_burst():
 
 
 def _judge(handler, **kw):
-    from cache.calibrated import GreyCandidate
+    from cache.tiered import GreyCandidate
     from proxy.judge import Judge, JudgeJob
     from proxy.metrics import Metrics
 
