@@ -92,8 +92,11 @@ class Invalidator:
         keys = []
         for key, _partition, _score in found:
             if tenant is not None:
-                e = await self.cache.get_entry(key)
-                if e and e.meta.tenant != tenant:
+                try:
+                    e = await self.cache.get_entry(key)
+                except LayerError:
+                    continue  # cannot tell whose it is: leave it
+                if not e or e.meta.tenant != tenant:
                     continue
             keys.append(key)
         return await self.purge(keys)
@@ -131,6 +134,10 @@ class Invalidator:
             except TimeoutError:
                 pass
             self.bans.prune(self.clock(), max_lifetime_s)
+            if self.cache.semantic is not None:
+                gone = await self.cache.semantic.sweep_orphans(self.cache)
+                if gone:
+                    log.info("removed vectors of expired entries", extra={"vectors": gone})
             if len(self.bans):
                 await self.sweep()
                 if self.bus is not None:

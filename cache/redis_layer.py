@@ -79,6 +79,15 @@ class RedisLayer:
     async def delete(self, key: Key) -> bool:
         return bool(await self._call("delete", lambda: self.client.delete(self._k(key))))
 
+    async def exists_many(self, keys: list[Key]) -> list[bool]:
+        """Which of these keys hold an entry (one pipelined round trip)."""
+        async def run():
+            async with self.client.pipeline(transaction=False) as p:
+                for k in keys:
+                    p.exists(self._k(k))
+                return await p.execute()
+        return [bool(n) for n in await self._call("exists", run)]
+
     async def scan(self, *, partition: str | None = None) -> AsyncIterator[Key]:
         """Keys of stored entries (a partition filter reads each entry: for sweeps only)."""
         plen = len(self.prefix) + 2

@@ -166,9 +166,13 @@ class SemanticStage:
             sim = float(sim)
             if best is None:
                 best = sim
-            entry = await cache.get_entry(key)
+            try:
+                entry = await cache.get_entry(key)
+            except LayerError as exc:
+                self.events.layer_error("L2", "get", exc)
+                continue
             if not entry:
-                await self._forget(key)  # expired or evicted from the exact layers
+                await self.remove(key)  # expired or evicted from the shared layer: drop it everywhere
                 continue
             hit = cache._judge(entry, "L3", key, cache.clock(), max_age)
             if hit is None or entry.meta.partition != partition or entry.meta.semantic_text is None:
@@ -254,7 +258,10 @@ class SemanticStage:
         `same_answer_similarity`. Records the observation on the candidate; None (and
         nothing recorded) when either answer has no text or the embedder fails.
         """
-        cached = await cache.get_entry(grey.key)
+        try:
+            cached = await cache.get_entry(grey.key)
+        except LayerError:
+            return None
         if not cached:
             return None
         a, b = answer_text(fresh), answer_text(cached)
@@ -297,6 +304,27 @@ class SemanticStage:
                 await self.store.publish_add(key, vector, entry.meta.partition)
             except LayerError as exc:
                 self.events.layer_error("vector_store", "add", exc)
+
+    async def sweep_orphans(self, cache: "TieredCache", batch: int = 2000) -> int:
+        """Remove vectors whose entries left the shared layer (expired or evicted), so the
+        Redis copy of the index does not grow without bound. Checks the whole local index
+        in batches of one pipelined round trip each; returns how many were removed."""
+        if cache.l2 is None or not hasattr(cache.l2, "exists_many"):
+            return 0
+        keys = list(self.index.keys())
+        gone = 0
+        for i in range(0, len(keys), batch):
+            chunk = keys[i:i + batch]
+            try:
+                present = await cache.l2.exists_many(chunk)
+            except LayerError as exc:
+                self.events.layer_error("L2", "exists", exc)
+                return gone
+            for key, ok in zip(chunk, present):
+                if not ok:
+                    await self.remove(key)
+                    gone += 1
+        return gone
 
     async def _forget(self, key: Key) -> None:
         try:

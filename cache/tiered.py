@@ -14,7 +14,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from cache.bans import BanList
-from cache.entry import MISS, Entry, Key, Miss
+from cache.entry import Entry, Key, Miss
 from cache.layer import Layer, LayerError
 from cache.memory_layer import MemoryLayer
 from policies.freshness import Freshness, freshness
@@ -130,15 +130,13 @@ class TieredCache:
         return hit
 
     async def get_entry(self, key: Key) -> Entry | Miss:
-        """Any layer's copy of an entry (for semantic candidates); errors are a miss."""
+        """Any layer's copy of an entry (for semantic candidates, aliases, purges), judged by
+        no one: MISS when no layer has it; raises LayerError when L2 could not answer, so a
+        caller never mistakes an outage for an absence (and, say, deletes on it)."""
         e = self.l1.get_now(key)
         if e or self.l2 is None:
             return e
-        try:
-            e = await self.l2.get(key)
-        except LayerError as exc:
-            self.events.layer_error("L2", "get", exc)
-            return MISS
+        e = await self.l2.get(key)
         if e:
             await self.l1.set(key, e)
         return e

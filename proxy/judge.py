@@ -163,8 +163,11 @@ class Judge:
         """Store the cached entry under the new request's key, with the new request's own
         metadata (text, digest, tags merged), so purges and bans of either reach it."""
         cache = self.cache
-        cached = await cache.get_entry(job.grey.key)
-        fresh = await cache.get_entry(job.key)
+        try:
+            cached = await cache.get_entry(job.grey.key)
+            fresh = await cache.get_entry(job.key)
+        except LayerError:
+            return  # no alias when the shared layer cannot answer
         if not cached or not fresh or cached.meta.partition != fresh.meta.partition:
             return
         if cache.bans.blocks(cached) or freshness(cached.created_at, cached.ttl, cached.grace, cache.clock(),

@@ -146,3 +146,32 @@ def test_ban_by_meaning_across_replicas(make_proxy, backend_url, embedder, redis
                              "temperature": 0}).headers
         assert h["x-cache-status"] == "HIT" and int(h["age"]) < 100  # never the 100-second-old entry
         assert ask(b, "What is the refund policy for shoes?")[0] == "HIT"
+
+
+async def test_vectors_of_expired_entries_are_swept_from_redis(embedder, redis_url, tmp_path):
+    import redis.asyncio as aioredis
+
+    from proxy.services import build_services
+    from proxy.settings import load_settings
+    from tests.conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    s = load_settings(None, {"upstream": "http://127.0.0.1:9", "semantic": SEMANTIC_ON, "redis": {"url": redis_url},
+                             "state_dir": str(tmp_path), "ttl": {"default_s": 10, "grace_s": 0}})
+    svc = await build_services(s, clock=clock, embedder=embedder)
+    try:
+        from cache.entry import Entry, EntryMeta
+
+        stage = svc.cache.semantic
+        for i, live in enumerate((True, False)):
+            e = Entry(b"{}", (), None, clock.now, 1000 if live else 10, 0,
+                      EntryMeta("t", "", "chat", "m", "p", semantic_text=f"question {i}"))
+            await svc.cache.commit(f"k{i}", e, None)
+        r = aioredis.Redis.from_url(redis_url)
+        assert await r.hlen("sc:vec") == 2
+        await r.delete("sc:e:k1")  # what Redis does when the entry's expiry passes
+        assert await stage.sweep_orphans(svc.cache) == 1
+        assert await r.hlen("sc:vec") == 1 and "k0" in stage.index and "k1" not in stage.index
+        await r.aclose()
+    finally:
+        await svc.aclose()
