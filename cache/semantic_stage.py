@@ -138,11 +138,12 @@ class SemanticStage:
         return vec
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
-                     max_age: float | None) -> "Lookup":
+                     max_age: float | None, embedding: "asyncio.Future[np.ndarray] | None" = None) -> "Lookup":
+        """`embedding`: the text's embedding already under way (started by the caller), if any."""
         from cache.tiered import NO_PROBE, GreyCandidate, Hit, Lookup, SemanticProbe
 
         try:
-            vec = await self.embed_one(text)
+            vec = await (embedding if embedding is not None else self.embed_one(text))
         except (EmbeddingError, TimeoutError) as exc:
             self.events.layer_error("embedder", "embed", exc)
             return Lookup(None, NO_PROBE)

@@ -6,6 +6,7 @@ fails the request.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ class Lookup:
 
 
 NO_PROBE = SemanticProbe()
+
+
+def _consume(fut: "asyncio.Future") -> None:
+    """Retrieve a cancelled or failed background result so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class LayerEvents:
@@ -145,13 +152,25 @@ class TieredCache:
                      threshold: float) -> Lookup:
         if self.refetch and self.refetch.pop(key, None) is not None:
             return Lookup(None, NO_PROBE)  # invalidated here: answer anew, from no layer
-        hit = await self.exact(key, max_age)
+        hit = self.l1_hit(key, max_age)
         if hit is not None:
             return Lookup(hit, NO_PROBE)
         if semantic_text is None or self.semantic is None:
-            return Lookup(None, NO_PROBE)
+            return Lookup(await self.exact(key, max_age), NO_PROBE)
+        # After an L1 miss, the embedding (the main cost of a semantic lookup) runs while
+        # L2 answers, so a miss pays max(L2, embed) rather than their sum.
+        embedding = asyncio.ensure_future(self.semantic.embed_one(semantic_text))
+        try:
+            hit = await self.exact(key, max_age)
+        except BaseException:
+            embedding.cancel()
+            raise
+        if hit is not None:
+            embedding.cancel()
+            embedding.add_done_callback(_consume)
+            return Lookup(hit, NO_PROBE)
         return await self.semantic.lookup(self, text=semantic_text, partition=partition, threshold=threshold,
-                                          max_age=max_age)
+                                          max_age=max_age, embedding=embedding)
 
     async def commit(self, key: Key, entry: Entry, vector: np.ndarray | None) -> None:
         await self.l1.set(key, entry)
