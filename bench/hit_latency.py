@@ -139,7 +139,9 @@ async def run(rounds: int, n: int) -> dict:
         P.start(exe + common + ["--port", str(p1), "--no-semantic", "--state-dir", str(P.dir / "a")])
         P.start(exe + common + ["--port", str(p2), "--no-semantic", "--state-dir", str(P.dir / "b")],
                 env={"STRATACACHE_L1_MAX_BYTES": "1"})
-        P.start(exe + common + ["--port", str(p3), "--state-dir", str(P.dir / "c")])
+        # latency, not precision: a threshold these paraphrases pass, so every one is an L3 hit
+        P.start(exe + common + ["--port", str(p3), "--state-dir", str(P.dir / "c")],
+                env={"STRATACACHE_SEMANTIC__THRESHOLD": "0.85", "STRATACACHE_SEMANTIC__CALIBRATION": "false"})
         urls = {k: f"http://127.0.0.1:{p}" for k, p in
                 {"floor": fl, "backend": be, "l1": p1, "l2": p2, "l3": p3}.items()}
         H = {"Authorization": "Bearer bench"}
