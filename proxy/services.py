@@ -196,107 +196,81 @@ class Services:
             self.embedded_redis.stop()
 
 
-async def build_services(settings: Settings, *, clock: Callable[[], float] = time.time,
-                         embedder: Any = None) -> Services:
-    """Start what the settings ask for. Redis: the given URL, else a bundled redis-server.
-    The semantic layer loads the embedder (or uses the one passed in, for tests)."""
-    metrics = Metrics()
-    owns_embedder = embedder is None
-    l1 = MemoryLayer(settings.l1_max_bytes, clock)
-    bans = BanList()
-    embedded = None
-    redis_client = None
-    l2 = None
+@dataclass
+class _Redis:
+    """The request-path pool (short socket timeout), the background pool (blocking reads,
+    pub/sub, sweeps: a timeout longer than its blocking reads), and the embedded server."""
+
+    client: Any = None
+    background: Any = None
+    embedded: Any = None
+
+
+async def _connect_redis(settings: Settings) -> _Redis:
     url = settings.redis.url
+    out = _Redis()
     if url is None:
         from cache.redis_server import EmbeddedRedis
 
-        embedded = EmbeddedRedis(settings.state_dir)
-        url = await asyncio.to_thread(embedded.start)
-    bg_client = None
-    if url:
-        from cache.redis_layer import RedisLayer, make_client
+        out.embedded = EmbeddedRedis(settings.state_dir)
+        url = await asyncio.to_thread(out.embedded.start)
+    if url:  # "" means no Redis at all: L1 only
+        from cache.redis_layer import make_client
 
-        redis_client = make_client(url, settings.redis.timeout_s)
-        # background work (blocking stream reads, pub/sub, sweeps) gets its own pool with a
-        # socket timeout longer than its blocking reads; the request path keeps the short one
-        bg_client = make_client(url, max(5.0, settings.redis.timeout_s))
-        l2 = RedisLayer(redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
-                        breaker=CircuitBreaker(settings.redis.breaker_failures, settings.redis.breaker_reset_s,
-                                               time.monotonic),
-                        clock=clock, observe=lambda op, dt: metrics.dep_latency.labels("redis", op).observe(dt))
-    semantic = None
+        out.client = make_client(url, settings.redis.timeout_s)
+        out.background = make_client(url, max(5.0, settings.redis.timeout_s))
+    return out
+
+
+async def _semantic_stage(settings: Settings, embedder: Any, redis: _Redis, metrics: Metrics) -> Any:
+    from cache.semantic_index import SemanticIndex
+    from cache.semantic_stage import Calibration, SemanticStage
+
+    sem = settings.semantic
+    if embedder is None:
+        from embeddings.loader import EmbedderConfig, load_embedder
+
+        e = sem.embedder
+        embedder = await asyncio.to_thread(load_embedder, EmbedderConfig(
+            model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s))
     store = None
-    if settings.semantic.enabled:
-        from cache.semantic_index import SemanticIndex
-        from cache.semantic_stage import SemanticStage
+    if redis.client is not None:
+        from cache.vector_store import RedisVectorStore
 
-        if embedder is None:
-            from embeddings.loader import EmbedderConfig, load_embedder
+        store = RedisVectorStore(redis.background, prefix=settings.redis.prefix,
+                                 timeout=max(1.0, settings.redis.timeout_s))
+    verifier = None
+    if sem.verify:
+        from policies.verification import verify as verifier
+    evidence = calibration = None
+    if sem.calibration or settings.judge.enabled:
+        evidence = _evidence_store(settings, redis.client)
+    if sem.calibration:
+        from policies.calibration import GlobalPrior
 
-        if embedder is None:
-            e = settings.semantic.embedder
-            embedder = await asyncio.to_thread(load_embedder, EmbedderConfig(
-                model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s))
-        index = SemanticIndex(embedder.dim)
-        if redis_client is not None:
-            from cache.vector_store import RedisVectorStore
+        # the prior's threshold is a placeholder: each lookup starts from its request's threshold
+        calibration = Calibration(prior=GlobalPrior(sem.prior.a, sem.prior.b, sem.threshold, 0.0, sem.prior.offset_sd),
+                                  margin=sem.prior.margin, radius=sem.evidence.radius,
+                                  neighbours=sem.evidence.neighbours)
+    return SemanticStage(embedder=embedder, index=SemanticIndex(embedder.dim), store=store,
+                         consider_threshold=min(sem.consider_threshold, sem.threshold), k=sem.k, verifier=verifier,
+                         events=metrics, calibration=calibration, evidence=evidence,
+                         grey_zone=evidence is not None, same_answer_similarity=sem.evidence.same_answer_similarity,
+                         veto_weight=sem.evidence.veto_weight, on_evidence=metrics.evidence_recorded)
 
-            store = RedisVectorStore(bg_client, prefix=settings.redis.prefix, timeout=max(1.0, settings.redis.timeout_s))
-        verifier = None
-        if settings.semantic.verify:
-            from policies.verification import verify as verifier
-        # -- calibration and the judge: an evidence store, the calibrated decision, grey-zone tracking
-        sem = settings.semantic
-        evidence = calibration = None
-        if sem.calibration or settings.judge.enabled:
-            evidence = _evidence_store(settings, redis_client)
-        if sem.calibration:
-            from cache.semantic_stage import Calibration
-            from policies.calibration import GlobalPrior
 
-            # the prior's threshold is a placeholder: each lookup starts from its request's threshold
-            calibration = Calibration(prior=GlobalPrior(sem.prior.a, sem.prior.b, sem.threshold, 0.0,
-                                                        sem.prior.offset_sd),
-                                      margin=sem.prior.margin, radius=sem.evidence.radius,
-                                      neighbours=sem.evidence.neighbours)
-        semantic = SemanticStage(embedder=embedder, index=index, store=store,
-                                 consider_threshold=min(settings.semantic.consider_threshold,
-                                                        settings.semantic.threshold),
-                                 k=settings.semantic.k, verifier=verifier, events=metrics,
-                                 calibration=calibration, evidence=evidence, grey_zone=evidence is not None,
-                                 same_answer_similarity=sem.evidence.same_answer_similarity,
-                                 veto_weight=sem.evidence.veto_weight, on_evidence=metrics.evidence_recorded)
-    cache = TieredCache(l1=l1, l2=l2, semantic=semantic, bans=bans, clock=clock, events=metrics)
-    upstream = Upstream(settings.upstream, connect_timeout_s=settings.upstream_http.connect_timeout_s,
-                        read_timeout_s=settings.upstream_http.read_timeout_s,
-                        max_connections=settings.upstream_http.max_connections)
-    lock = None
-    if redis_client is not None and settings.coalesce.enabled:
-        from cache.redis_lock import RedisLock
-
-        lock = RedisLock(redis_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s)
-    pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
-                max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
-                lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
-    svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
-                   coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis_client,
-                   redis_bg=bg_client,
-                   embedded_redis=embedded, vector_store=store, owns_embedder=owns_embedder,
-                   access_log=settings.access_log)
-    if semantic is not None and semantic.evidence is not None:
-        svc.grey_zone = _grey_zone(settings, cache, semantic, metrics)
-        pump.after_commit = svc.grey_zone.after_commit
+async def _start_invalidation(svc: Services, redis: _Redis) -> None:
     from cache.invalidator import Invalidator
 
-    svc.invalidator = Invalidator(cache=cache, bans=bans, bus=None, clock=clock)
-    lifetime = settings.ttl.max_s + settings.ttl.grace_s + max(
-        [r.grace_s or 0 for r in settings.rules] + [0])
-    if redis_client is not None:
+    settings = svc.settings
+    svc.invalidator = Invalidator(cache=svc.cache, bans=svc.bans, bus=None, clock=svc.clock)
+    # a ban can be dropped once nothing it could match can still be served
+    lifetime = settings.ttl.max_s + max([settings.ttl.grace_s] + [r.grace_s or 0 for r in settings.rules])
+    if redis.client is not None:
         from cache.ban_bus import BanBus
 
         svc.ban_bus = svc.invalidator.bus = BanBus(
-            bg_client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+            redis.background, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
             ban_lifetime_s=lifetime, on_ban=svc.invalidator.apply_ban, on_purge=svc.invalidator.apply_purge)
         svc.spawn(svc.ban_bus.run(svc.stopping))
         try:
@@ -304,13 +278,63 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         except TimeoutError:
             log.warning("ban channel not ready at start; continuing (fail open)")
     svc.spawn(svc.invalidator.run_sweeper(svc.stopping, every_s=30.0, max_lifetime_s=lifetime))
-    if store is not None and semantic is not None:
-        try:
-            n = await store.rebuild(semantic.index)
-            log.info("semantic index rebuilt from redis", extra={"entries": n})
-        except Exception as exc:  # noqa: BLE001 - fail open: start empty, follow() catches up
-            metrics.layer_error("vector_store", "rebuild", exc)
-        svc.spawn(store.follow(semantic.index, svc.stopping))
+
+
+async def _sync_index(svc: Services) -> None:
+    """Rebuild the semantic index from Redis, then follow the stream of adds and removes."""
+    stage = svc.cache.semantic
+    store = stage.store if stage is not None else None
+    if store is None:
+        return
+    try:
+        n = await store.rebuild(stage.index)
+        log.info("semantic index rebuilt from redis", extra={"entries": n})
+    except Exception as exc:  # noqa: BLE001 - fail open: start empty, follow() catches up
+        svc.metrics.layer_error("vector_store", "rebuild", exc)
+    svc.spawn(store.follow(stage.index, svc.stopping))
+
+
+async def build_services(settings: Settings, *, clock: Callable[[], float] = time.time,
+                         embedder: Any = None) -> Services:
+    """Start what the settings ask for. Redis: the given URL, else a bundled redis-server.
+    The semantic layer loads the embedder (or uses the one passed in, for tests: then the
+    caller owns it and it is not closed here)."""
+    metrics = Metrics()
+    redis = await _connect_redis(settings)
+    l2 = None
+    if redis.client is not None:
+        from cache.redis_layer import RedisLayer
+
+        r = settings.redis
+        l2 = RedisLayer(redis.client, prefix=r.prefix, timeout_s=r.timeout_s,
+                        breaker=CircuitBreaker(r.breaker_failures, r.breaker_reset_s, time.monotonic),
+                        clock=clock, observe=lambda op, dt: metrics.dep_latency.labels("redis", op).observe(dt))
+    owns_embedder = embedder is None
+    semantic = await _semantic_stage(settings, embedder, redis, metrics) if settings.semantic.enabled else None
+    bans = BanList()
+    cache = TieredCache(l1=MemoryLayer(settings.l1_max_bytes, clock), l2=l2, semantic=semantic, bans=bans,
+                        clock=clock, events=metrics)
+    u = settings.upstream_http
+    upstream = Upstream(settings.upstream, connect_timeout_s=u.connect_timeout_s, read_timeout_s=u.read_timeout_s,
+                        max_connections=u.max_connections)
+    lock = None
+    if redis.client is not None and settings.coalesce.enabled:
+        from cache.redis_lock import RedisLock
+
+        lock = RedisLock(redis.client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s)
+    pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
+                max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
+                lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
+    svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
+                   coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis.client,
+                   redis_bg=redis.background, embedded_redis=redis.embedded,
+                   vector_store=semantic.store if semantic is not None else None, owns_embedder=owns_embedder,
+                   access_log=settings.access_log)
+    if semantic is not None and semantic.evidence is not None:
+        svc.grey_zone = _grey_zone(settings, cache, semantic, metrics)
+        pump.after_commit = svc.grey_zone.after_commit
+    await _start_invalidation(svc, redis)
+    await _sync_index(svc)
     return svc
 
 
