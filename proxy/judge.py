@@ -54,12 +54,23 @@ class TokenBucket:
         self._tokens = float(burst)
         self._at = clock()
 
-    def reserve(self) -> float:
+    def _refill(self) -> None:
         now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
+
+    def reserve(self) -> float:
+        self._refill()
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def try_take(self) -> bool:
+        """Take a token if one is there now; never goes into debt."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)

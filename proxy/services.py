@@ -367,4 +367,6 @@ def _grey_zone(settings: Settings, cache: TieredCache, stage: Any, metrics: Metr
                       burst=j.burst, queue_size=j.queue_size, concurrency=j.concurrency, timeout_s=j.timeout_s,
                       alias=j.alias)
         judge.start()
-    return GreyZone(cache=cache, stage=stage, judge=judge, confirm=settings.semantic.calibration)
+    ev = settings.semantic.evidence
+    return GreyZone(cache=cache, stage=stage, judge=judge, confirm=settings.semantic.calibration,
+                    confirm_rate_per_s=ev.confirm_rate_per_s, confirm_concurrency=ev.confirm_concurrency)

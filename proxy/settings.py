@@ -57,6 +57,10 @@ class EvidenceSettings(_Section):
     cache_entries: int = Field(default=10_000, ge=1, description="evidence kept in-process (read-through)")
     cache_ttl_s: float = Field(default=30.0, gt=0)
     max_keys: int = Field(default=200_000, ge=1, description="entries with evidence; random ones drop past it")
+    confirm_rate_per_s: float = Field(default=5.0, gt=0,
+                                      description="exact-match confirmations a second at most (each embeds two "
+                                                  "answers, off the request path; the rest are skipped)")
+    confirm_concurrency: int = Field(default=1, ge=1)
 
 
 class SemanticSettings(_Section):

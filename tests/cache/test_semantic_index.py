@@ -312,10 +312,10 @@ async def test_ivf_rebuild_replays_mutations_made_while_it_builds(rng):
     entered, release = threading.Event(), threading.Event()
     build = index._new_ivf
 
-    def slow_build(x: np.ndarray):
+    def slow_build(chunks):
         entered.set()
         assert release.wait(10)
-        return build(x)
+        return build(chunks)
 
     index._new_ivf = slow_build
     crossing = asyncio.create_task(index.add_many([f"k{i}" for i in range(300, 400)], vs[300:400], "p"))

@@ -9,6 +9,7 @@ others are in the grey zone.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -316,3 +317,38 @@ async def test_judge_queue_is_bounded_and_close_does_not_wait_for_a_judgement():
     assert judge.submit(job) is True and judge.submit(job) is False  # one waits, the next is dropped
     assert _count(metrics, "dropped") == 1
     await asyncio.wait_for(judge.aclose(), 2)
+
+
+async def test_confirmations_are_rate_limited_and_never_queue():
+    from types import SimpleNamespace
+
+    from proxy.grey_zone import GreyZone
+    from proxy.judge import TokenBucket
+
+    t = [0.0]
+    b = TokenBucket(2.0, 2, clock=lambda: t[0])
+    assert b.try_take() and b.try_take() and not b.try_take()  # burst spent, and no debt taken
+    t[0] += 0.5
+    assert b.try_take() and not b.try_take()
+
+    release = asyncio.Event()
+    started = []
+
+    class Stage:
+        def take_grey(self, partition, text):
+            return SimpleNamespace(key="g")
+
+        async def confirm(self, cache, grey, entry):
+            started.append(grey)
+            await release.wait()
+
+    gz = GreyZone(cache=None, stage=Stage(), judge=None, confirm=True, confirm_rate_per_s=100.0,
+                  confirm_concurrency=1)
+    entry = SimpleNamespace(meta=SimpleNamespace(partition="p", semantic_text="q"))
+    job = SimpleNamespace(decision=None)
+    for _ in range(5):
+        gz.after_commit(job, entry)
+    await asyncio.sleep(0)
+    assert len(started) == 1 and gz.skipped == 4  # one at a time; the rest skipped, not queued
+    release.set()
+    await gz.aclose()
