@@ -40,7 +40,7 @@ __all__ = ["Verdict", "verify", "REASONS"]
 
 REASONS = (
     "ok", "negation", "polarity", "identifier", "date", "number", "unit", "entity",
-    "quantifier", "comparative", "direction",
+    "quantifier", "comparative", "direction", "question",
 )
 
 
@@ -627,6 +627,8 @@ def _features(text: str) -> _Features:
             continue
         i += 1
 
+    for value in _roman_numerals(text):  # World War II, Henry VIII: numbers too
+        atoms.setdefault(_num_key(float(value)), "number")
     # named entities
     entities: set[str] = set()
     for size in (2, 3, 4):
@@ -891,6 +893,48 @@ def _direction_swapped(fa: _Features, fb: _Features) -> bool:
     return False
 
 
+_ROMAN = re.compile(r"^(?=[IVX]{2,}$)X{0,3}(IX|IV|V?I{0,3})$")
+_ROMAN_VALUE = {"I": 1, "V": 5, "X": 10}
+_WORD = re.compile(r"[A-Za-z]+|[?!.,;:]")
+
+
+def _roman_value(tok: str) -> int:
+    total, prev = 0, 0
+    for ch in reversed(tok):
+        v = _ROMAN_VALUE[ch]
+        total += -v if v < prev else v
+        prev = max(prev, v)
+    return total
+
+
+@lru_cache(maxsize=8192)
+def _roman_numerals(text: str) -> frozenset[int]:
+    """Upper-case roman numerals in I/V/X (World War II, Henry VIII, Part IV); a lone "I"
+    counts only after a capitalised word at the end of a phrase ("World War I?"), where it
+    cannot be the pronoun."""
+    toks = _WORD.findall(text)
+    out = set()
+    for i, t in enumerate(toks):
+        if _ROMAN.match(t):
+            out.add(_roman_value(t))
+        elif (t == "I" and i >= 2 and toks[i - 1][:1].isupper() and toks[i - 1].isalpha()
+              and toks[i - 2].isalpha() and (i + 1 == len(toks) or not toks[i + 1].isalpha())):
+            out.add(1)
+    return frozenset(out)
+
+
+_WH = re.compile(r"\b(where|when|who|whom|whose|why|how (?:many|much|long|old|far|often))\b")
+
+
+@lru_cache(maxsize=8192)
+def _question_words(text: str) -> frozenset[str]:
+    """The interrogatives that fix what kind of answer is wanted (a place, a time, a person,
+    a reason, an amount). "What", "which" and a bare "how" are left out: they paraphrase
+    each other and these freely."""
+    found = set(_WH.findall(text.lower().replace("who's", "who is")))
+    return frozenset("who" if w in ("whom",) else w for w in found)
+
+
 def verify(query: str, cached: str) -> Verdict:
     """Compare a query with a cached entry's text; veto when a meaning-bearing feature differs.
 
@@ -920,4 +964,7 @@ def verify(query: str, cached: str) -> Verdict:
         return Verdict(False, "comparative")
     if _direction_swapped(fa, fb):
         return Verdict(False, "direction")
+    qa, qb = _question_words(query), _question_words(cached)
+    if qa and qb and not qa & qb:
+        return Verdict(False, "question")
     return OK

@@ -139,3 +139,28 @@ def test_fast_enough() -> None:
             verify(q, c)
     per_call = (time.perf_counter() - start) / (rounds * len(pairs))
     assert per_call < 1e-3  # typical is tens of microseconds; generous for slow CI machines
+
+
+@pytest.mark.parametrize("a, b, reason", [
+    ("What were the causes of World War II?", "What were the causes of World War I?", "number"),
+    ("Who were the wives of Henry VIII?", "Who were the wives of Henry VII?", None),
+    ("Where did it begin?", "When did it begin?", "question"),
+    ("Who invented the telephone?", "When was the telephone invented?", "question"),
+    ("How many people live in Paris?", "How much does it cost to live in Paris?", "question"),
+])
+def test_roman_numerals_and_question_words_veto(a, b, reason):
+    v = verify(a, b)
+    assert not v.ok
+    if reason is not None:
+        assert v.reason == reason
+
+
+@pytest.mark.parametrize("a, b", [
+    ("Is World War III coming?", "Is World War 3 coming?"),
+    ("Why is the sky blue?", "What makes the sky blue?"),
+    ("How do I improve my voice? Can I?", "How do I improve my voice? Can I?"),
+    ("Who is the CEO of Apple?", "Who's Apple's CEO?"),
+    ("When does the store open?", "What time does the store open?"),
+])
+def test_one_sided_numerals_and_neutral_question_words_pass(a, b):
+    assert verify(a, b).ok
