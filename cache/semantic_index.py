@@ -13,9 +13,9 @@ Contract (`VectorIndex`):
 
 Index type by size (live entries `n` of a partition):
 
-- `n <= flat_max` (50k): `IndexIDMap2(IndexFlatIP)`, exact and cheap to mutate.
+- `n <= flat_max` (20k): `IndexIDMap2(IndexFlatIP)`, exact and cheap to mutate.
 - `flat_max < n <= hnsw_max`: HNSW (`IndexHNSWFlat`, inner product) under an id map. Off by
-  default (`hnsw_max` defaults to `flat_max`): see "Why no HNSW by default" below. HNSW
+  default (`hnsw_max` defaults to `flat_max`): see "Why these numbers" below. HNSW
   cannot remove, so removals become tombstones that searches skip with an `IDSelector`
   (filtered inside the graph walk, so `k` results still come back); once tombstones pass
   `tombstone_fraction` of the index it is rebuilt from its live vectors.
@@ -25,7 +25,7 @@ Index type by size (live entries `n` of a partition):
   `ivf_nlist_factor * sqrt(n)` (4 sqrt(n)), capped at one centroid per 39 training points
   (FAISS's k-means minimum); the quantizer is trained (spherical k-means, 10 iterations) on
   a sample of at most `ivf_train_max` (100k) of the partition's vectors; a search probes
-  `ivf_nprobe` (32) lists. The partition is retrained and rebuilt when its live size has
+  `ivf_nprobe` (48) lists. The partition is retrained and rebuilt when its live size has
   moved `ivf_regrow` (4x) away from the size it was trained at, up or down.
 
 A partition moves up a tier as soon as it passes the tier's bound and down only once it
@@ -37,8 +37,30 @@ ids under the partition's lock, builds (and trains) the new index *without* hold
 log and swaps. It runs in the worker thread of the mutation that triggered it, so that one
 call waits for the build; nothing else does.
 
-Measured on the 2-core dev box (384 dims, shared and loaded; `bench/index_scale.py`):
-MEASUREMENTS
+Why these numbers: measured with `bench/index_scale.py` on the 2-core dev box (384 dims,
+one partition filled through `add_many` in 10k batches, k=4, one query at a time, recall@1
+against exact search; queries are perturbed stored vectors at cosine ~0.89, below the L3
+hit threshold; the box was shared, load 2-3, so latencies are noisy):
+
+- Flat search costs ~70-80 ns a vector: p50 1.6-2.0 ms at 20k, 4.2-4.6 ms at 50k, 69-75 ms
+  at 1M. IVF right after the switch (30k, nlist 693): 0.4-0.5 ms at recall 1.0. Hence
+  `flat_max` 20k (was 50k): below it Flat is exact and ~2 ms at worst; above it IVF is
+  4-10x faster. The Flat -> IVF rebuild at 30k takes 2-3 s.
+- IVF at 1M (trained at 530k, nlist 2564), nprobe 16/32/48/64: random vectors recall@1
+  0.91/0.96/0.98/0.99, p50 1.2/1.8/2.7/3.3 ms (1,000 queries: 0.90/0.956/0.976/0.993);
+  clustered vectors (10k centres) 0.995/1.0/1.0/1.0. At the L3 hit threshold (queries at
+  cosine 0.944) random vectors give 0.973/0.997/0.998/0.999. nprobe 48 keeps the
+  worst case (random, cosine 0.89) near 0.98 for <1 ms more than 32; a missed hit costs
+  an upstream call. Filling 1M through the tiers: 54-96 s in all (10-19k adds/s), the
+  retrains at 130k and 530k taking 10-19 s and 23-46 s (load-dependent); FAISS 1.5 GiB,
+  process +2.7-3.0 GiB (Python bookkeeping, allocator slack left by the rebuilds).
+- HNSW (M 32) is slower to search than IVF at equal recall and 20-100x slower to fill:
+  efConstruction 128 adds ~700/s past 30k on this box (IVF: tens of thousands a second),
+  and gives recall@1 0.94/0.99/1.0 at efSearch 32/64/128 at 100k (p50 0.9/1.4/2.6 ms;
+  efConstruction 64: 0.965 at efSearch 64; the former default 40: 0.68 at 300k), where
+  IVF at 110k gives 1.0 at nprobe 48 in 0.8 ms. It cannot remove either. So the default
+  goes Flat -> IVF; HNSW remains, opt-in, for `flat_max < n <= hnsw_max`,
+  with efConstruction 128, enough for recall@1 >= 0.95 up to 100k.
 
 Threads. FAISS mutations are not thread-safe: every partition has its own lock, and a
 registry lock guards the key <-> id maps (lock order: partition, then registry; never two
@@ -54,9 +76,12 @@ single-vector search on a busy machine with OpenMP on every core is ~100x slower
 one thread (barrier spinning), and the proxy already parallelises across requests, so
 searches run with `search_threads` (1) and only bulk builds use `build_threads`.
 
-Memory: a vector costs 4 * dim bytes (Flat) plus ~8 * hnsw_m bytes of graph (HNSW), plus
-~200 bytes of Python bookkeeping per key. A rebuild transiently holds the old index, a
-copy of the live vectors and the new index.
+Memory: a vector costs 4 * dim bytes plus its 8-byte id and ~48 bytes of id map (the
+`IndexIDMap2` reverse map, or IVF's hash-table direct map), plus ~8 * hnsw_m bytes of graph
+(HNSW); IVF adds its centroids (nlist * 4 * dim). Python bookkeeping adds ~300-600 bytes a
+key. A rebuild transiently holds the old index, a copy of the live vectors and the new
+index (3x the vectors); IVF's copy is taken a few lists (16k vectors) per lock hold: ~6 ms
+each at 500k, where one copy under the lock held it ~2.5 s (page faults, on this box).
 """
 from __future__ import annotations
 
@@ -81,11 +106,14 @@ log = logging.getLogger("stratacache.semantic_index")
 T = TypeVar("T")
 
 # Defaults chosen from bench/index_scale.py measurements (see the module docstring).
-EF_CONSTRUCTION = 40
-IVF_NPROBE = 32
+EF_CONSTRUCTION = 128
+IVF_NPROBE = 48
 
 # Replaying a rebuild's log under the lock only once it is this short (in vectors).
 _REPLAY_UNDER_LOCK = 1024
+# A rebuild copies an IVF index's vectors under the lock this many at a time (at most one
+# list more): fresh memory is slow to fault in here (~2.5 s for 500k x 384 floats at once).
+_COPY_UNDER_LOCK = 16_384
 # Batches smaller than this add with one OpenMP thread (a parallel region costs more).
 _PARALLEL_ADD_MIN = 256
 # FAISS's k-means wants at least this many training points per centroid.
@@ -113,28 +141,68 @@ def _remove_ids(index: faiss.Index, kind: str, tombstones: set[int], ids: np.nda
     if kind == "hnsw":
         tombstones.update(ids.tolist())
     elif kind == "ivf":
-        # an IDSelectorArray goes through the hash-table direct map (O(1) an id); the
-        # IDSelectorBatch that `remove_ids(array)` would build scans every inverted list
+        # through the hash-table direct map (O(1) an id), which older FAISS versions only
+        # allow with an IDSelectorArray (not the IDSelectorBatch `remove_ids(array)` builds)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
     else:
         index.remove_ids(ids)
 
 
-def _ivf_contents(index: faiss.IndexIVF, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Partition lock held. Copies of every (id, vector) stored in an `IndexIVFFlat`."""
-    lists = index.invlists
-    sizes = [lists.list_size(i) for i in range(index.nlist)]
-    total = sum(sizes)
-    ids = np.empty(total, dtype=np.int64)
-    x = np.empty((total, dim), dtype=np.float32)
-    at = 0
-    for i, size in enumerate(sizes):
-        if size:
-            ids[at:at + size] = faiss.rev_swig_ptr(lists.get_ids(i), size)
-            x[at:at + size] = faiss.rev_swig_ptr(lists.get_codes(i), size * index.code_size).view(np.float32).reshape(size, dim)
-            at += size
+Chunks = list[tuple[np.ndarray, np.ndarray]]  # (ids, vectors) pieces of a partition
+
+
+def _idmap_contents(part: "_Partition") -> tuple[np.ndarray, np.ndarray]:
+    """Partition lock held. The live (ids, vectors) of a Flat or HNSW partition."""
+    ids = faiss.vector_to_array(part.index.id_map).astype(np.int64, copy=False)
+    x = part.index.index.reconstruct_n(0, part.index.ntotal)
+    if part.tombstones:
+        live = ~np.isin(ids, np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
+        ids, x = ids[live], x[live]
     return ids, x
+
+
+def _ivf_contents(part: "_Partition", index: faiss.IndexIVF, dim: int, cut: int) -> Chunks:
+    """Copies of the (id, vector) pairs of an `IndexIVFFlat` with ids below `cut`, taking
+    the partition's lock for a few lists at a time. Lock not held on entry.
+
+    Consistent with the rebuild log started when `cut` was drawn: every later add has an id
+    of at least `cut` (left out here, it is in the log), and a list is copied at one
+    instant, so a removal either precedes its list's copy (the id is not copied) or follows
+    it (the log's replay removes it)."""
+    lists = index.invlists
+    chunks: Chunks = []
+    at = 0
+    while at < index.nlist:
+        got_ids, got_x = [], []
+        with part.lock:
+            budget = _COPY_UNDER_LOCK
+            while at < index.nlist and budget > 0:
+                size = lists.list_size(at)
+                if size:
+                    got_ids.append(faiss.rev_swig_ptr(lists.get_ids(at), size).copy())
+                    got_x.append(faiss.rev_swig_ptr(lists.get_codes(at), size * index.code_size).copy())
+                    budget -= size
+                at += 1
+        if got_ids:
+            ids = np.concatenate(got_ids)
+            x = np.concatenate(got_x).view(np.float32).reshape(len(ids), dim)
+            keep = ids < cut
+            chunks.append((ids, x) if keep.all() else (ids[keep], x[keep]))
+    return chunks
+
+
+def _sample(chunks: Chunks, n: int, size: int, seed: int) -> np.ndarray:
+    """`size` rows picked at random (without replacement) across `chunks` of `n` rows."""
+    if size >= n:
+        return np.concatenate([x for _, x in chunks]) if len(chunks) > 1 else chunks[0][1]
+    pick = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    out, start = [], 0
+    for _, x in chunks:
+        lo, hi = np.searchsorted(pick, [start, start + len(x)])
+        out.append(x[pick[lo:hi] - start])
+        start += len(x)
+    return np.concatenate(out)
 
 
 class _Partition:
@@ -163,7 +231,7 @@ class SemanticIndex:
         self,
         dim: int,
         *,
-        flat_max: int = 50_000,
+        flat_max: int = 20_000,
         hnsw_max: int | None = None,
         hnsw_m: int = 32,
         ef_construction: int = EF_CONSTRUCTION,
@@ -524,26 +592,28 @@ class SemanticIndex:
         with part.lock:
             if part.log is not None or not self._needs_rebuild(part):
                 return  # one is running, or none is due
-            was = part.kind
-            if was == "ivf":
-                ids, x = _ivf_contents(part.index, self.dim)
-            else:
-                ids = faiss.vector_to_array(part.index.id_map).astype(np.int64, copy=False)
-                x = part.index.index.reconstruct_n(0, part.index.ntotal)
-                if part.tombstones:
-                    live = ~np.isin(ids, np.fromiter(part.tombstones, dtype=np.int64, count=len(part.tombstones)))
-                    ids, x = ids[live], x[live]
+            was, old = part.kind, part.index
             part.log = []
-        kind = self._kind_for(len(ids), was)
+            if was == "ivf":  # copied below, a few lists at a time
+                cut, chunks = next(self._next_id), []
+            else:
+                cut, chunks = 0, [_idmap_contents(part)]
         started = time.perf_counter()
         try:
+            if was == "ivf":
+                chunks = _ivf_contents(part, old, self.dim, cut)
+            n = sum(len(ids) for ids, _ in chunks)
+            kind = self._kind_for(n, was)
             faiss.omp_set_num_threads(self.build_threads)
             if kind == "ivf":
-                new = self._new_ivf(x)
+                new = self._new_ivf(chunks)
             else:
                 new = self._new_hnsw() if kind == "hnsw" else self._new_flat()
-            new.add_with_ids(x, ids)
-            del x
+            del old
+            while chunks:  # dropping each piece once added
+                piece = chunks.pop(0)
+                new.add_with_ids(piece[1], piece[0])
+                del piece
             tombstones: set[int] = set()
             while True:
                 with part.lock:
@@ -551,7 +621,7 @@ class SemanticIndex:
                     if sum(len(op[0]) for op in ops) <= _REPLAY_UNDER_LOCK:
                         self._replay(ops, new, kind, tombstones)
                         part.index, part.kind, part.tombstones = new, kind, tombstones
-                        part.trained = len(ids) if kind == "ivf" else 0
+                        part.trained = n if kind == "ivf" else 0
                         part.selector = None
                         part.log = None
                         self.rebuilds += 1
@@ -562,7 +632,7 @@ class SemanticIndex:
                 part.log = None
             raise
         seconds = time.perf_counter() - started
-        event = {"partition": part.name, "from": was, "to": kind, "vectors": len(ids), "seconds": round(seconds, 3)}
+        event = {"partition": part.name, "from": was, "to": kind, "vectors": n, "seconds": round(seconds, 3)}
         if kind == "ivf":
             event["nlist"] = new.nlist
         self.rebuild_history.append(event)
@@ -592,18 +662,14 @@ class SemanticIndex:
         sample = min(n, self.ivf_train_max)
         return max(1, min(round(self.ivf_nlist_factor * n ** 0.5), sample // _IVF_MIN_POINTS_PER_LIST))
 
-    def _new_ivf(self, x: np.ndarray) -> faiss.IndexIVFFlat:
-        """An empty `IndexIVFFlat` trained on (a sample of) `x`. Slow: no lock held."""
-        n = len(x)
+    def _new_ivf(self, chunks: Chunks) -> faiss.IndexIVFFlat:
+        """An empty `IndexIVFFlat` trained on (a sample of) the vectors in `chunks`. Slow:
+        no lock held."""
+        n = sum(len(x) for _, x in chunks)
         nlist = self.ivf_nlist(n)
-        if n > self.ivf_train_max:
-            pick = np.random.default_rng(n).choice(n, self.ivf_train_max, replace=False)
-            pick.sort()
-            sample = x[pick]
-        else:
-            sample = x
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(sample)  # spherical k-means (inner product), 10 iterations, fixed seed
+        # spherical k-means (inner product), 10 iterations, fixed seeds: deterministic
+        index.train(_sample(chunks, n, self.ivf_train_max, seed=n))
         index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids and reconstruct by id
         index.nprobe = max(1, min(self.ivf_nprobe, nlist))
         return index

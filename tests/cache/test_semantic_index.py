@@ -349,3 +349,65 @@ def test_tier_for_size_has_hysteresis():
     assert [no_hnsw.ivf_nlist(n) for n in (20, 1000, 100_000, 1_000_000)] == [1, 25, 1265, 2564]
     with pytest.raises(ValueError):
         SemanticIndex(DIM, flat_max=100, hnsw_max=50)
+
+
+async def test_ivf_retrain_copies_lists_while_mutations_interleave(rng, monkeypatch):
+    """An IVF retrain copies the old index a list at a time (here: one list a lock hold) and
+    the partition is mutated between every two copies: adds (ids above the cut, left to the
+    log), removals of lists already copied (replayed) and not yet copied (never copied)."""
+    import cache.semantic_index as si
+
+    monkeypatch.setattr(si, "_COPY_UNDER_LOCK", 1)
+    index = ivf_index()
+    vs = unit(rng, 12_000)
+    await index.add_many([f"k{i}" for i in range(2500)], vs[:2500], "p")
+    for s in range(2500, 10_000, 2500):
+        await index.add_many([f"k{i}" for i in range(s, s + 2500)], vs[s:s + 2500], "p")
+    assert index.stats("p")["trained"] == 2500 and index.rebuilds == 1
+    part = index._parts["p"]
+    expected = {f"k{i}": vs[i] for i in range(10_000)}
+    script = []
+    for j in range(200):
+        old = f"k{rng.integers(0, 10_000)}"
+        script.append(("add", f"n{j}", vs[10_000 + j]) if j % 3 == 0 else
+                      ("remove", old, None) if j % 3 == 1 else ("add", old, vs[10_500 + j]))
+    done = []
+
+    class HookLock:
+        """The partition's lock, running the next scripted mutation after each release
+        while a rebuild is under way (in the rebuilding thread itself: deterministic)."""
+
+        def __init__(self) -> None:
+            self._lock, self._busy = threading.Lock(), False
+
+        def __enter__(self):
+            self._lock.acquire()
+
+        def __exit__(self, *exc) -> None:
+            self._lock.release()
+            if part.log is None or self._busy or len(done) == len(script):
+                return
+            self._busy = True
+            try:
+                op, key, v = script[len(done)]
+                if op == "add":
+                    index._add_blocking("p", [key], v[None, :])
+                    expected[key] = v
+                elif expected.pop(key, None) is not None:
+                    index._remove_blocking(index._detach([key]))
+                done.append(op)
+            finally:
+                self._busy = False
+
+    part.lock = HookLock()
+    await index.add_many([f"k{i}" for i in range(10_000, 10_100)], vs[10_000:10_100] * -1, "p")  # past 4 x 2500
+    expected.update({f"k{i}": -vs[i] for i in range(10_000, 10_100)})
+    assert index.rebuilds == 2 and list(index.rebuild_history)[-1]["from"] == "ivf"
+    assert len(done) >= index.ivf_nlist(2500)  # at least one mutation between two lists
+    assert len(index) == len(expected) == index.stats("p")["vectors"]
+    for key, v in expected.items():
+        np.testing.assert_allclose(index.get_vector(key), v)
+    for key, v in list(expected.items())[::17]:
+        assert (await index.search(v, "p", 1))[0][0] == key
+    gone = {f"k{i}" for i in range(10_000)} - set(expected)
+    assert gone and all(index.get_vector(k) is None for k in gone)
