@@ -99,6 +99,12 @@ class TieredCache:
         # another replica stored a fresh copy in L2 meanwhile, so an operator sees every
         # replica answer anew after an invalidation. Bounded, and forgotten after an hour.
         self.refetch: TTLCache = TTLCache(maxsize=100_000, ttl=3600)
+        self._background: set[asyncio.Task] = set()
+
+    INDEX_WAIT_S = 0.05
+    """How long a commit waits for its L3 add. Nearly always it is done in microseconds;
+    when the add triggers an index rebuild (seconds, at hundreds of thousands of entries),
+    it finishes in the background instead of holding the response."""
 
     def mark_refetch(self, keys) -> None:
         for k in keys:
@@ -180,7 +186,13 @@ class TieredCache:
             except LayerError as exc:
                 self.events.layer_error("L2", "set", exc)
         if self.semantic is not None and entry.meta.semantic_text is not None:
-            await self.semantic.add(key, entry, vector)
+            task = asyncio.ensure_future(self.semantic.add(key, entry, vector))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.INDEX_WAIT_S)
+            except TimeoutError:
+                log.info("semantic add continues in the background (index rebuild)")
 
     async def delete(self, key: Key) -> bool:
         found = await self.l1.delete(key)
@@ -194,6 +206,8 @@ class TieredCache:
         return found
 
     async def aclose(self) -> None:
+        if self._background:  # let in-flight index adds finish (bounded), so no vector is half-published
+            await asyncio.wait(list(self._background), timeout=5)
         await self.l1.aclose()
         if self.l2 is not None:
             await self.l2.aclose()
