@@ -19,7 +19,6 @@ and feeds a circuit breaker, like L2.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar, runtime_checkable
@@ -27,11 +26,11 @@ from typing import Protocol, TypeVar, runtime_checkable
 import orjson
 import redis.asyncio as aioredis
 from cachetools import LRUCache, TTLCache
-from redis.exceptions import RedisError
 
-from cache.breaker import CircuitBreaker, CircuitOpen
+from cache.breaker import CircuitBreaker
 from cache.entry import Key
 from cache.layer import LayerError
+from cache.redis_call import redis_call
 from policies.calibration import Evidence
 
 T = TypeVar("T")
@@ -96,18 +95,7 @@ class RedisEvidenceStore:
         self._adds = 0
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            self.breaker.check()
-        except CircuitOpen as exc:
-            raise LayerError(f"evidence {op}: circuit open") from exc
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                out = await fn()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.breaker.failure()
-            raise LayerError(f"evidence {op}: {type(exc).__name__}: {exc}") from exc
-        self.breaker.success()
-        return out
+        return await redis_call(f"evidence {op}", self.breaker, self.timeout_s, fn)
 
     @staticmethod
     def _decode(raw: bytes | str | None) -> Evidence:

@@ -7,17 +7,16 @@ breaker, so an outage costs one fast failure per call instead of a timeout each.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from cache.breaker import CircuitBreaker, CircuitOpen
+from cache.breaker import CircuitBreaker
 from cache.entry import MISS, CorruptEntry, Entry, Key, Miss
 from cache.layer import LayerError
+from cache.redis_call import redis_call
 
 T = TypeVar("T")
 
@@ -44,18 +43,8 @@ class RedisLayer:
         return f"{self.prefix}e:{key}"
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        try:
-            self.breaker.check()
-        except CircuitOpen as exc:
-            raise LayerError(f"redis {op}: circuit open") from exc
         t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                out = await fn()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.breaker.failure()
-            raise LayerError(f"redis {op}: {type(exc).__name__}: {exc}") from exc
-        self.breaker.success()
+        out = await redis_call(f"redis {op}", self.breaker, self.timeout_s, fn)
         if self._observe is not None:
             self._observe(op, time.perf_counter() - t0)
         return out
