@@ -61,8 +61,19 @@ async def test_fifty_concurrent_identical_requests_make_one_upstream_call(make_p
 async def test_streaming_followers_get_chunks_live_from_the_start(make_proxy, slow_backend):
     with make_proxy(slow_backend) as url:
         async with httpx.AsyncClient(timeout=60) as hc:
-            leader = asyncio.create_task(one(hc, url, "live follower", True))
-            await asyncio.sleep(0.5)  # the leader is mid-stream (ttft 0.3 s, then 40 tokens/s)
+            mid_stream = asyncio.Event()
+
+            async def leader_stream():
+                async with hc.stream("POST", url + "/v1/chat/completions", json=body("live follower", True)) as r:
+                    raw = b""
+                    async for c in r.aiter_bytes():
+                        raw += c
+                        if b'"content":"' in c and b'"content":""' not in c:
+                            mid_stream.set()  # the leader has real tokens: the follower joins mid-stream
+                    return sse_text(raw)
+
+            leader = asyncio.create_task(leader_stream())
+            await asyncio.wait_for(mid_stream.wait(), 30)
             t0 = time.perf_counter()
             first = None
             async with hc.stream("POST", url + "/v1/chat/completions", json=body("live follower", True)) as r:
@@ -74,7 +85,7 @@ async def test_streaming_followers_get_chunks_live_from_the_start(make_proxy, sl
                         first = time.perf_counter() - t0
             total = time.perf_counter() - t0
             lead = await leader
-        assert sse_text(raw) == lead[2]  # every chunk, from the first
+        assert sse_text(raw) == lead  # every chunk, from the first
         assert first is not None and first < total / 2
 
 
@@ -82,20 +93,36 @@ async def test_leader_disconnect_does_not_stop_followers(make_proxy, slow_backen
     with make_proxy(slow_backend) as url:
         n0 = backend_count(slow_backend)
         async with httpx.AsyncClient(timeout=60) as hc:
+            started, follower_in = asyncio.Event(), asyncio.Event()
+
             async def leader_then_leave():
                 async with hc.stream("POST", url + "/v1/chat/completions", json=body("leaving leader", True)) as r:
+                    started.set()  # headers are back: the flight exists
+                    await follower_in.wait()
                     async for c in r.aiter_bytes():
                         if b'"content"' in c:
                             return  # disconnect mid-stream
+
             lt = asyncio.create_task(leader_then_leave())
-            await asyncio.sleep(0.1)
-            follower = await one(hc, url, "leaving leader", False)
+            await asyncio.wait_for(started.wait(), 30)
+            ft = asyncio.create_task(one(hc, url, "leaving leader", False))
+            deadline = time.monotonic() + 30
+            while _coalesced(url) < 1:  # the follower has joined the leader's flight
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            follower_in.set()
             await lt
+            follower = await ft
         assert follower[0] == 200 and follower[2]
         async with httpx.AsyncClient(timeout=60) as hc:
             again = await one(hc, url, "leaving leader", False)
         assert again[1] == "HIT" and again[2] == follower[2]
         assert backend_count(slow_backend) - n0 == 1
+
+
+def _coalesced(url: str) -> float:
+    m = re.search(r"^stratacache_coalesced_total (\S+)$", httpx.get(url + "/metrics").text, re.M)
+    return float(m.group(1))
 
 
 def _inflight(url: str) -> float:
