@@ -25,6 +25,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def eventually(cond, within: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """Poll `cond` until it returns something truthy (returned), failing after `within`
+    seconds. For conditions other processes or threads bring about; TTLs use a fake clock."""
+    deadline = time.monotonic() + within
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        time.sleep(interval)
+
+
+async def eventually_async(cond, within: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """`eventually` for a test running on an event loop: `cond` may be a coroutine function."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + within
+    while True:
+        got = cond()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(interval)
+
+
 @contextmanager
 def serving(app) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields the base URL.
@@ -35,11 +63,11 @@ def serving(app) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
+    def started() -> bool:
+        assert thread.is_alive(), "the server thread died while starting"
+        return server.started
+
+    eventually(started, 60, "uvicorn starting")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -80,14 +108,14 @@ class RedisProcess:
              "--save", "", "--appendonly", "no", "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        eventually(listening, 10, "redis-server starting", interval=0.05)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

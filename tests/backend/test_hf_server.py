@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import openai
@@ -14,6 +13,8 @@ from backend.hf_engine import ModelLoadError
 from backend.hf_server import create_app
 
 LONG = {"ignore_eos": True}  # vLLM extension: generate exactly max_tokens tokens
+
+from tests.conftest import eventually
 
 
 def _msgs(text: str) -> list[dict]:
@@ -42,11 +43,10 @@ def _stats(hf_url: str) -> dict:
 
 
 def _wait_idle(hf_url: str) -> dict:
-    deadline = time.monotonic() + 20
-    while (stats := _stats(hf_url))["running"] or stats["waiting"]:
-        assert time.monotonic() < deadline, stats
-        time.sleep(0.05)
-    return stats
+    def idle():
+        stats = _stats(hf_url)
+        return not (stats["running"] or stats["waiting"]) and stats
+    return eventually(idle, 20, "the engine going idle", interval=0.05)
 
 
 def test_bad_model_paths_fail_clearly(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cache.layer import LayerError
+from tests.conftest import eventually_async
 from cache.semantic_index import SemanticIndex
 from cache.vector_store import CorruptVector, RedisVectorStore, pack, unpack
 
@@ -23,11 +24,7 @@ def unit(rng: np.random.Generator) -> np.ndarray:
 
 
 async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    await eventually_async(cond, within)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import httpx
 import orjson
@@ -21,6 +20,7 @@ from fastapi import FastAPI, Request
 
 from policies.calibration import Evidence
 from policies.judge_prompt import QUESTION
+from tests.conftest import eventually
 from tests.proxy.conftest import serving
 
 SEED = "How do I reset my password?"
@@ -49,13 +49,7 @@ def metric(url, name_and_labels: str) -> float:
 
 
 def until(cond, what: str, within: float = WAIT_S):
-    deadline = time.monotonic() + within
-    while True:
-        got = cond()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {within}s: {what}"
-        time.sleep(0.05)
+    return eventually(cond, within, what, interval=0.05)
 
 
 def entry_keys(redis_url) -> set[str]:

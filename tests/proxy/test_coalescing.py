@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from backend.simulated import create_app as sim_app
+from tests.conftest import eventually_async
 from tests.proxy.conftest import backend_count, serving
 
 
@@ -106,10 +107,7 @@ async def test_leader_disconnect_does_not_stop_followers(make_proxy, slow_backen
             lt = asyncio.create_task(leader_then_leave())
             await asyncio.wait_for(started.wait(), 30)
             ft = asyncio.create_task(one(hc, url, "leaving leader", False))
-            deadline = time.monotonic() + 30
-            while _coalesced(url) < 1:  # the follower has joined the leader's flight
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await eventually_async(lambda: _coalesced(url) >= 1, 30, "the follower joining the leader's flight")
             follower_in.set()
             await lt
             follower = await ft
@@ -139,10 +137,8 @@ async def test_last_client_leaving_cancels_the_upstream_and_caches_nothing(make_
                     if b'"content"' in c:
                         break
             assert _inflight(url) in (0.0, 1.0)
-            deadline = time.monotonic() + 5  # 400 tokens at 40/s would take 10 s
-            while _inflight(url) != 0.0:
-                assert time.monotonic() < deadline, "upstream not cancelled"
-                await asyncio.sleep(0.02)
+            # 400 tokens at 40/s would take 10 s: gone well before, the upstream was cancelled
+            await eventually_async(lambda: _inflight(url) == 0.0, 5, "the upstream being cancelled")
             r2 = await hc.post(url + "/v1/chat/completions", json=body("abandoned", False, max_tokens=400),
                                headers={"Cache-Control": "max-age=3600"})
         assert r2.headers["x-cache-status"] == "MISS"

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend.simulated import create_app as sim_app
+from tests.conftest import eventually, eventually_async
 from tests.proxy.conftest import serving
 
 
@@ -35,15 +36,13 @@ async def test_redis_killed_during_load_fails_no_request_and_recovers(make_proxy
             await asyncio.gather(*first[40:], *[one(hc, i) for i in range(80, 160)])
             redis_proc.start()
             # L2 comes back without a restart: an entry stored now is visible to a second proxy
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:
+            async def l2_is_back() -> bool:
                 await one(hc, 1000)
                 with make_proxy(backend_url, redis={"url": redis_url}) as other:
                     r = await hc.post(other + "/v1/chat/completions", json=chat("question 1000"))
-                if r.headers.get("x-cache-layer") == "L2":
-                    break
-                assert asyncio.get_running_loop().time() < deadline, "L2 did not come back"
-                await asyncio.sleep(0.3)
+                return r.headers.get("x-cache-layer") == "L2"
+
+            await eventually_async(l2_is_back, 10, "L2 coming back", interval=0.3)
         assert failures == []
         assert len(statuses) >= 160
 
@@ -116,7 +115,6 @@ def test_sigterm_drains_an_in_flight_stream(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.conftest import free_port
 
@@ -127,15 +125,14 @@ def test_sigterm_drains_an_in_flight_stream(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
+            def healthy() -> bool:
+                assert proc.poll() is None, "the proxy exited"
                 try:
-                    if httpx.get(url + "/healthz").status_code == 200:
-                        break
+                    return httpx.get(url + "/healthz").status_code == 200
                 except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+                    return False
+
+            eventually(healthy, 60, "the proxy starting", interval=0.1)
             body = {"model": "sim", "messages": [{"role": "user", "content": "drain me"}], "max_tokens": 30,
                     "stream": True}
             raw = b""

@@ -5,7 +5,7 @@ import time
 
 import httpx
 
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, eventually
 from tests.proxy.conftest import backend_count
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "how fresh is this?"}], "max_tokens": 8}
@@ -17,13 +17,6 @@ def ask(url, body=BODY, headers=None):
     return r.headers.get("x-cache-status"), r.headers.get("age")
 
 
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_fresh_then_stale_within_grace_with_one_refresh_then_expired(make_proxy, backend_url):
     clock = FakeClock(time.time())
     with make_proxy(backend_url, clock=clock, ttl={"default_s": 10, "grace_s": 5}) as url:
@@ -33,8 +26,8 @@ def test_fresh_then_stale_within_grace_with_one_refresh_then_expired(make_proxy,
         assert ask(url) == ("HIT", "9")
         clock.advance(2)  # age 11: past ttl, inside grace
         assert ask(url)[0] == "STALE"
-        wait_for(lambda: backend_count(backend_url) == n0 + 2)  # exactly one background refresh
-        wait_for(lambda: ask(url)[0] == "HIT")
+        eventually(lambda: backend_count(backend_url) == n0 + 2, what="one background refresh")  # exactly one background refresh
+        eventually(lambda: ask(url)[0] == "HIT", what="the refreshed entry")
         assert backend_count(backend_url) == n0 + 2
         clock.advance(16)  # past ttl + grace of the refreshed entry
         assert ask(url)[0] == "MISS"

@@ -1,14 +1,13 @@
 """L2 and L3 through the proxy, with the real embedding model, real FAISS and real Redis."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
-import numpy as np
 import pytest
 
-from tests.proxy.conftest import SEMANTIC_ON, backend_count
+from tests.conftest import eventually
+from tests.proxy.conftest import SEMANTIC_ON
 
 
 def ask(url, content, key="tenant-a", model="sim", system=None, history=(), **extra):
@@ -80,10 +79,8 @@ def test_second_process_gets_l2_and_l3_hits_and_a_restart_rebuilds_the_index(mak
         seed = ask(a, "How do tides work?")
         assert ask(b, "How do tides work?")[:2] == ("HIT", "L2")
         # b follows a's index through the Redis stream
-        deadline = time.monotonic() + 10
-        while (r := ask(b, "How do the tides work?"))[0] != "HIT":
-            assert time.monotonic() < deadline, r
-            time.sleep(0.05)
+        r = eventually(lambda: (got := ask(b, "How do the tides work?"))[0] == "HIT" and got,
+                       what="b's index following a's")
         assert r[1] in ("L3", "L1") and r[3] == seed[3]
     with make_proxy(backend_url, **kw) as restarted:
         got = ask(restarted, "Explain how tides work")
