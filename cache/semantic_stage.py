@@ -129,12 +129,14 @@ class SemanticStage:
             self.breaker.check()
         except CircuitOpen as exc:
             raise EmbeddingError("embedder circuit open") from exc
+        t0 = time.perf_counter()
         try:
             vec = (await self.embedder.embed([text]))[0]
         except (EmbeddingError, TimeoutError):
             self.breaker.failure()
             raise
         self.breaker.success()
+        self.events.layer_latency("embedder", "embed", time.perf_counter() - t0)
         return vec
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
@@ -150,7 +152,9 @@ class SemanticStage:
         cal = self.calibration
         depth = max(self.k, cal.neighbours + 1) if cal is not None else self.k
         try:
+            t0 = time.perf_counter()
             candidates = await self.index.search(vec, partition, depth)
+            self.events.layer_latency("index", "search", time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError subclasses; fail open
             self.events.layer_error("index", "search", exc)
             return Lookup(None, SemanticProbe(vector=vec))

@@ -88,6 +88,9 @@ class Metrics(LayerEvents):
     def evidence_recorded(self, source: str, correct: bool) -> None:
         self.evidence.labels(source, "correct" if correct else "wrong").inc()
 
+    def layer_latency(self, layer: str, op: str, seconds: float) -> None:
+        self.dep_latency.labels(layer, op).observe(seconds)
+
     def banned_hit(self, layer: str) -> None:
         self.banned.labels(layer).inc()
 

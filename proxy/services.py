@@ -308,7 +308,7 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         r = settings.redis
         l2 = RedisLayer(redis.client, prefix=r.prefix, timeout_s=r.timeout_s,
                         breaker=CircuitBreaker(r.breaker_failures, r.breaker_reset_s, time.monotonic),
-                        clock=clock, observe=lambda op, dt: metrics.dep_latency.labels("redis", op).observe(dt))
+                        clock=clock, observe=lambda op, dt: metrics.layer_latency("redis", op, dt))
     owns_embedder = embedder is None
     semantic = await _semantic_stage(settings, embedder, redis, metrics) if settings.semantic.enabled else None
     bans = BanList()

@@ -80,3 +80,27 @@ def test_threshold_rules_per_namespace(make_proxy, backend_url, embedder):
             ask("What is the capital of France?", ns)
         assert ask("What's the capital city of France?", "lenient") == "HIT"
         assert ask("What's the capital city of France?", "strict") == "MISS"
+
+
+def test_dependency_latency_histograms_cover_redis_embedder_and_index(make_proxy, backend_url, embedder, redis_url):
+    with make_proxy(backend_url, embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url}) as url:
+        for t in ("What is the capital of France?", "What's the capital city of France?"):
+            httpx.post(url + "/v1/chat/completions", timeout=60,
+                       json={"model": "sim", "messages": [{"role": "user", "content": t}]})
+        deps = {(s.labels["dependency"], s.labels["op"]) for s in _samples(url, "stratacache_dependency_seconds_count")}
+        assert {("redis", "get"), ("embedder", "embed"), ("index", "search")} <= deps
+
+
+def test_upstream_read_timeout_is_a_504_and_nothing_is_cached(make_proxy):
+    from backend.simulated import create_app as sim_app
+    from tests.conftest import serving
+
+    with serving(sim_app(ttft_ms=3000, tokens_per_s=1000)) as slow, \
+            make_proxy(slow, upstream_http={"read_timeout_s": 0.3}) as url:
+        body = {"model": "sim", "messages": [{"role": "user", "content": "too slow"}]}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+        # a stream whose headers came back before the stall: an error frame, then [DONE]
+        r2 = httpx.post(url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+        assert b'"upstream_timeout"' in r2.content and r2.content.rstrip().endswith(b"data: [DONE]")
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=30).headers["x-cache-status"] == "MISS"
