@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 # pytest puts tests/ on sys.path, where tests/cache/ would shadow the `cache` package as a
 # namespace package; a regular package wins once the repository root is on the path.
@@ -27,22 +26,7 @@ from cache.tiered import LayerEvents, TieredCache
 from policies.calibration import DEFAULT_CAPACITY, Evidence, GlobalPrior
 from tests.conftest import FakeClock, free_port
 
-TIMEOUT = 0.5
-
-
-@pytest.fixture
-async def clients(redis_url):
-    """Separate clients, as separate proxy processes would have."""
-    made: list[aioredis.Redis] = []
-
-    def make(url: str = redis_url) -> aioredis.Redis:
-        c = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.aclose()
+from tests.cache.conftest import CLIENT_TIMEOUT as TIMEOUT
 
 
 def redis_store(client, clock=None, **kw) -> RedisEvidenceStore:

@@ -15,7 +15,7 @@ from cache.semantic_index import SemanticIndex
 from cache.vector_store import CorruptVector, RedisVectorStore, pack, unpack
 
 DIM = 16
-TIMEOUT = 0.5
+from tests.cache.conftest import CLIENT_TIMEOUT as TIMEOUT
 
 
 def unit(rng: np.random.Generator) -> np.ndarray:
@@ -30,21 +30,6 @@ async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
-
-
-@pytest.fixture
-async def clients(redis_url):
-    """Factory of separate clients, as separate proxy processes would have."""
-    made: list[aioredis.Redis] = []
-
-    def make() -> aioredis.Redis:
-        c = aioredis.Redis.from_url(redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.aclose()
 
 
 def store(client: aioredis.Redis) -> RedisVectorStore:
