@@ -236,39 +236,30 @@ def write_plots(out: Path, results: dict, records: Sequence[Record]) -> list[Pat
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         save(fig, "hit_rate_by_layer.png")
 
-    # Latency CDF: hits, misses, direct.
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for t in caches:
-        rs = [r for r in by_target.get(t, []) if r.ok]
-        style = "-" if t == OURS else "--"
-        _cdf(ax, [r.latency_s for r in rs if r.hit], f"{t} hits", ls=style)
-        _cdf(ax, [r.latency_s for r in rs if r.cache_status in ("MISS", "BYPASS")], f"{t} misses", ls=style)
-    _cdf(ax, [r.latency_s for r in by_target.get(DIRECT, []) if r.ok], "direct to backend", color="k")
-    ax.set_xscale("log")
-    ax.set_xlabel("request latency (ms, log)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("latency CDF")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    save(fig, "latency_cdf.png")
-
-    # Time to first token, streams only.
-    if any(r.stream and r.ttft_s is not None for r in records):
+    def cdf_plot(measure, keep, xlabel: str, ylabel: str, title: str, name: str) -> None:
+        """Hits and misses per cache target, and the direct baseline, as CDFs of `measure`."""
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for t in caches:
-            rs = [r for r in by_target.get(t, []) if r.ok and r.stream and r.ttft_s is not None]
+            rs = [r for r in by_target.get(t, []) if r.ok and keep(r)]
             style = "-" if t == OURS else "--"
-            _cdf(ax, [r.ttft_s for r in rs if r.hit], f"{t} hits", ls=style)
-            _cdf(ax, [r.ttft_s for r in rs if r.cache_status in ("MISS", "BYPASS")], f"{t} misses", ls=style)
-        _cdf(ax, [r.ttft_s for r in by_target.get(DIRECT, []) if r.ok and r.stream and r.ttft_s is not None],
-             "direct to backend", color="k")
+            _cdf(ax, [measure(r) for r in rs if r.hit], f"{t} hits", ls=style)
+            _cdf(ax, [measure(r) for r in rs if r.cache_status in ("MISS", "BYPASS")], f"{t} misses", ls=style)
+        _cdf(ax, [measure(r) for r in by_target.get(DIRECT, []) if r.ok and keep(r)], "direct to backend",
+             color="k")
         ax.set_xscale("log")
-        ax.set_xlabel("time to first token (ms, log)")
-        ax.set_ylabel("fraction of stream requests")
-        ax.set_title("time to first token CDF")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-        save(fig, "ttft_cdf.png")
+        save(fig, name)
+
+    cdf_plot(lambda r: r.latency_s, lambda r: True, "request latency (ms, log)", "fraction of requests",
+             "latency CDF", "latency_cdf.png")
+    # Time to first token, streams only.
+    if any(r.stream and r.ttft_s is not None for r in records):
+        cdf_plot(lambda r: r.ttft_s, lambda r: r.stream and r.ttft_s is not None, "time to first token (ms, log)",
+                 "fraction of stream requests", "time to first token CDF", "ttft_cdf.png")
 
     # Throughput: requests per second per phase, and completions over time.
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
