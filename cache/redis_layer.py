@@ -4,6 +4,8 @@ Each entry is one string key `{prefix}e:{key}` holding `Entry.to_bytes()`, with 
 expiry at the entry's purge time (ttl + grace), so Redis drops it when nothing could
 serve it. Every call has a deadline; failures raise `LayerError` and feed a circuit
 breaker, so an outage costs one fast failure per call instead of a timeout each.
+Reads go through a `RedisPipe` when one is given (the hit path: one pipelined
+connection instead of a pool checkout per GET), everything else through redis-py.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from cache.breaker import CircuitBreaker
 from cache.entry import MISS, CorruptEntry, Entry, Key, Miss
 from cache.layer import LayerError
 from cache.redis_call import redis_call
+from cache.redis_pipe import RedisPipe
 
 T = TypeVar("T")
 
@@ -31,8 +34,9 @@ class RedisLayer:
 
     def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
                  clock: Callable[[], float] = time.time,
-                 observe: Callable[[str, float], None] | None = None) -> None:
+                 observe: Callable[[str, float], None] | None = None, pipe: RedisPipe | None = None) -> None:
         self.client = client
+        self.pipe = pipe
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.breaker = breaker
@@ -50,7 +54,9 @@ class RedisLayer:
         return out
 
     async def get(self, key: Key) -> Entry | Miss:
-        raw = await self._call("get", lambda: self.client.get(self._k(key)))
+        k = self._k(key)
+        raw = await self._call("get", (lambda: self.pipe.execute(b"GET", k)) if self.pipe is not None
+                               else (lambda: self.client.get(k)))
         if raw is None:
             return MISS
         try:
@@ -116,4 +122,6 @@ class RedisLayer:
             return False
 
     async def aclose(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.aclose()
         await self.client.aclose()

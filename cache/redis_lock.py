@@ -1,5 +1,6 @@
 """Cross-replica single flight: a Redis lock with an expiry (SET NX PX), so a dead
-leader frees it by itself. Release deletes only our own token (compare-and-delete)."""
+leader frees it by itself. Release deletes only our own token (compare-and-delete).
+With a `RedisPipe` the lock is taken on the request path's pipelined connection."""
 from __future__ import annotations
 
 import asyncio
@@ -10,13 +11,15 @@ from redis.exceptions import RedisError
 
 from cache.entry import Key
 from cache.layer import LayerError
+from cache.redis_pipe import RedisPipe
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
 class RedisLock:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, pipe: RedisPipe | None = None) -> None:
         self.client = client
+        self.pipe = pipe
         self.prefix = prefix
         self.timeout_s = timeout_s
 
@@ -28,7 +31,11 @@ class RedisLock:
         token = uuid.uuid4().hex
         try:
             async with asyncio.timeout(self.timeout_s):
-                ok = await self.client.set(self._k(key), token, nx=True, px=max(1, int(ttl_s * 1000)))
+                px = max(1, int(ttl_s * 1000))
+                if self.pipe is not None:
+                    ok = await self.pipe.execute(b"SET", self._k(key), token, b"NX", b"PX", px)
+                else:
+                    ok = await self.client.set(self._k(key), token, nx=True, px=px)
         except (RedisError, OSError, TimeoutError) as exc:
             raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
         return token if ok else None
@@ -36,6 +43,9 @@ class RedisLock:
     async def release(self, key: Key, token: str) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.client.eval(_RELEASE, 1, self._k(key), token)
+                if self.pipe is not None:
+                    await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
+                else:
+                    await self.client.eval(_RELEASE, 1, self._k(key), token)
         except (RedisError, OSError, TimeoutError):
             pass  # the lock expires by itself

@@ -198,10 +198,12 @@ class Services:
 
 @dataclass
 class _Redis:
-    """The request-path pool (short socket timeout), the background pool (blocking reads,
+    """The request-path pool (short socket timeout), the request path's pipelined connection
+    for GET and the lock (when the URL allows one), the background pool (blocking reads,
     pub/sub, sweeps: a timeout longer than its blocking reads), and the embedded server."""
 
     client: Any = None
+    pipe: Any = None
     background: Any = None
     embedded: Any = None
 
@@ -216,8 +218,11 @@ async def _connect_redis(settings: Settings) -> _Redis:
         url = await asyncio.to_thread(out.embedded.start)
     if url:  # "" means no Redis at all: L1 only
         from cache.redis_layer import make_client
+        from cache.redis_pipe import RedisPipe
 
         out.client = make_client(url, settings.redis.timeout_s)
+        if RedisPipe.supports(url):
+            out.pipe = RedisPipe.from_url(url, connect_timeout_s=settings.redis.timeout_s)
         out.background = make_client(url, max(5.0, settings.redis.timeout_s))
     return out
 
@@ -308,7 +313,7 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
         r = settings.redis
         l2 = RedisLayer(redis.client, prefix=r.prefix, timeout_s=r.timeout_s,
                         breaker=CircuitBreaker(r.breaker_failures, r.breaker_reset_s, time.monotonic),
-                        clock=clock, observe=lambda op, dt: metrics.layer_latency("redis", op, dt))
+                        clock=clock, observe=lambda op, dt: metrics.layer_latency("redis", op, dt), pipe=redis.pipe)
     owns_embedder = embedder is None
     semantic = await _semantic_stage(settings, embedder, redis, metrics) if settings.semantic.enabled else None
     bans = BanList()
@@ -321,7 +326,8 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     if redis.client is not None and settings.coalesce.enabled:
         from cache.redis_lock import RedisLock
 
-        lock = RedisLock(redis.client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s)
+        lock = RedisLock(redis.client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+                         pipe=redis.pipe)
     pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
                 max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
                 lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)

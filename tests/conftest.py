@@ -91,9 +91,10 @@ def redis_server_binary() -> str:
 
 
 class RedisProcess:
-    """A real redis-server child process on a free loopback port."""
+    """A real redis-server child process on a free loopback port (plus `extra` arguments)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="sc-redis-")
         self.proc: subprocess.Popen | None = None
@@ -105,7 +106,7 @@ class RedisProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
+             "--save", "", "--appendonly", "no", "--dir", self.dir, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         def listening() -> bool:

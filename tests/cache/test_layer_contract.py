@@ -1,4 +1,5 @@
-"""One contract suite for the exact layers, run over L1 (memory) and L2 (real Redis)."""
+"""One contract suite for the exact layers, run over L1 (memory) and L2 (real Redis),
+the latter reading both through redis-py's pool and through the pipelined connection."""
 from __future__ import annotations
 
 import time
@@ -10,6 +11,7 @@ from cache.entry import MISS, Entry, EntryMeta
 from cache.layer import LayerError
 from cache.memory_layer import MemoryLayer
 from cache.redis_layer import RedisLayer, make_client
+from cache.redis_pipe import RedisPipe
 
 
 def entry(text: str = "hello", created_at: float | None = None, ttl: float = 60, grace: float = 10) -> Entry:
@@ -21,14 +23,19 @@ def entry(text: str = "hello", created_at: float | None = None, ttl: float = 60,
                                 semantic_text=text, tags=("a", "b")))
 
 
-@pytest.fixture(params=["L1", "L2"])
+def redis_layer(url: str, timeout_s: float, *, pipe: bool, breaker: CircuitBreaker | None = None,
+                clock=time.time) -> RedisLayer:
+    return RedisLayer(make_client(url, timeout_s), prefix="t:", timeout_s=timeout_s,
+                      breaker=breaker or CircuitBreaker(3, 1.0, time.monotonic), clock=clock,
+                      pipe=RedisPipe.from_url(url, connect_timeout_s=timeout_s) if pipe else None)
+
+
+@pytest.fixture(params=["L1", "L2", "L2-pipe"])
 async def layer(request):
     if request.param == "L1":
         lay = MemoryLayer(1 << 20, time.time)
     else:
-        url = request.getfixturevalue("redis_url")
-        lay = RedisLayer(make_client(url, 0.5), prefix="t:", timeout_s=0.5,
-                         breaker=CircuitBreaker(3, 1.0, time.monotonic))
+        lay = redis_layer(request.getfixturevalue("redis_url"), 0.5, pipe=request.param == "L2-pipe")
     yield lay
     await lay.aclose()
 
@@ -98,9 +105,9 @@ async def test_redis_entry_carries_a_redis_expiry(redis_url):
     await lay.aclose()
 
 
-async def test_redis_down_raises_layer_error_within_the_deadline_then_fails_fast(redis_proc, redis_url):
-    lay = RedisLayer(make_client(redis_url, 0.3), prefix="t:", timeout_s=0.3,
-                     breaker=CircuitBreaker(2, 30.0, time.monotonic))
+@pytest.mark.parametrize("pipe", [False, True], ids=["pool", "pipe"])
+async def test_redis_down_raises_layer_error_within_the_deadline_then_fails_fast(redis_proc, redis_url, pipe):
+    lay = redis_layer(redis_url, 0.3, pipe=pipe, breaker=CircuitBreaker(2, 30.0, time.monotonic))
     await lay.set("k", entry())
     redis_proc.kill()
     try:
@@ -117,9 +124,9 @@ async def test_redis_down_raises_layer_error_within_the_deadline_then_fails_fast
         await lay.aclose()
 
 
-async def test_corrupt_bytes_in_redis_are_an_error_not_a_miss(redis_url):
-    lay = RedisLayer(make_client(redis_url, 0.5), prefix="t:", timeout_s=0.5,
-                     breaker=CircuitBreaker(3, 1.0, time.monotonic))
+@pytest.mark.parametrize("pipe", [False, True], ids=["pool", "pipe"])
+async def test_corrupt_bytes_in_redis_are_an_error_not_a_miss(redis_url, pipe):
+    lay = redis_layer(redis_url, 0.5, pipe=pipe)
     await lay.client.set("t:e:bad", b"\x00garbage")
     with pytest.raises(LayerError, match="corrupt"):
         await lay.get("bad")
