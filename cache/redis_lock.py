@@ -49,3 +49,103 @@ class RedisLock:
                     await self.client.eval(_RELEASE, 1, self._k(key), token)
         except (RedisError, OSError, TimeoutError):
             pass  # the lock expires by itself
+
+
+class _Shared:
+    __slots__ = ("task", "askers")
+
+    def __init__(self, task: "asyncio.Task[str | None]") -> None:
+        self.task = task
+        self.askers = 0
+
+
+class EarlyLocks:
+    """Lock acquisitions started ahead of need, one per key in this process.
+
+    A miss asks for its key's lock as soon as L1 and L2 have missed, so the round trip
+    runs while the semantic stage embeds instead of after it. Concurrent lookups of one
+    key in this process share one acquisition: the request that becomes the key's flight
+    leader takes it over (`Claim.lead`); when every request that asked has gone another
+    way (a hit, a follower, an error) without a leader taking it, the lock, if it was
+    won, is released, and a new acquisition of that key waits for the release (so this
+    process never mistakes its own leftover lock for another replica's)."""
+
+    def __init__(self, lock: RedisLock, ttl_s: float) -> None:
+        self.lock = lock
+        self.ttl_s = ttl_s
+        self._shared: dict[Key, _Shared] = {}
+        self._releasing: dict[Key, asyncio.Task] = {}
+
+    def claim(self, key: Key) -> "Claim":
+        return Claim(self, key)
+
+    def _acquire(self, key: Key) -> "asyncio.Task[str | None]":
+        return asyncio.ensure_future(self._acquire_after_release(key, self._releasing.get(key)))
+
+    async def _acquire_after_release(self, key: Key, release: asyncio.Task | None) -> str | None:
+        if release is not None:
+            await asyncio.shield(release)  # bounded: the release has its own deadline
+        return await self.lock.acquire(key, self.ttl_s)
+
+    def _ask(self, key: Key) -> None:
+        s = self._shared.get(key)
+        if s is None:
+            s = self._shared[key] = _Shared(self._acquire(key))
+        s.askers += 1
+
+    def _take(self, key: Key) -> "asyncio.Task[str | None]":
+        s = self._shared.pop(key, None)
+        return s.task if s is not None else self._acquire(key)
+
+    def _leave(self, key: Key) -> None:
+        s = self._shared.get(key)
+        if s is None:
+            return  # a leader took it over
+        s.askers -= 1
+        if s.askers == 0:
+            del self._shared[key]
+            r = self._releasing[key] = asyncio.ensure_future(self._give_back(key, s.task))
+            r.add_done_callback(lambda _r: self._releasing.pop(key, None) if self._releasing.get(key) is r else None)
+
+    async def _give_back(self, key: Key, acquisition: "asyncio.Task[str | None]") -> None:
+        try:
+            token = await acquisition
+        except LayerError:
+            return  # nothing was taken
+        if token:
+            await self.lock.release(key, token)
+
+    def __len__(self) -> int:
+        return len(self._shared) + len(self._releasing)
+
+
+class Claim:
+    """One request's part in its key's early lock: `ask` when the lookup reaches the
+    semantic stage (a miss is likely to need the lock), then exactly one of `lead`
+    (this request leads the key's flight: the acquisition is now its own) or `leave`
+    (anything else). `ask` and `leave` are idempotent and do nothing once settled."""
+
+    __slots__ = ("locks", "key", "asked", "settled")
+
+    def __init__(self, locks: EarlyLocks, key: Key) -> None:
+        self.locks = locks
+        self.key = key
+        self.asked = False
+        self.settled = False
+
+    def ask(self) -> None:
+        if not self.asked and not self.settled:
+            self.asked = True
+            self.locks._ask(self.key)
+
+    def lead(self) -> "asyncio.Task[str | None]":
+        """The acquisition for this key: the one under way if a request asked, else a new
+        one. Resolves to our token, or None when another replica holds the lock; raises
+        LayerError when Redis could not answer."""
+        self.settled = True
+        return self.locks._take(self.key)
+
+    def leave(self) -> None:
+        if self.asked and not self.settled:
+            self.locks._leave(self.key)
+        self.settled = True

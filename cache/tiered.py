@@ -157,7 +157,10 @@ class TieredCache:
         return e
 
     async def lookup(self, *, key: Key, max_age: float | None, semantic_text: str | None, partition: str,
-                     threshold: float) -> Lookup:
+                     threshold: float, on_exact_miss: Callable[[], None] | None = None) -> Lookup:
+        """`on_exact_miss` is called when L1 and L2 have missed and the semantic stage is
+        about to run: the caller can start what a miss will need (the cross-replica lock),
+        overlapping the embedding."""
         if self.refetch and self.refetch.pop(key, None) is not None:
             return Lookup(None, NO_PROBE)  # invalidated here: answer anew, from no layer
         hit = self.l1_hit(key, max_age)
@@ -177,6 +180,8 @@ class TieredCache:
             embedding.cancel()
             embedding.add_done_callback(_consume)
             return Lookup(hit, NO_PROBE)
+        if on_exact_miss is not None:
+            on_exact_miss()
         return await self.semantic.lookup(self, text=semantic_text, partition=partition, threshold=threshold,
                                           max_age=max_age, embedding=embedding)
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cache.flight import Flight
+from cache.redis_lock import Claim
 from cache.tiered import Hit, Lookup, NO_PROBE
 from policies.cache_control import parse_cache_control
 from policies.decision import Decision, decide, parse_tags
@@ -122,11 +123,24 @@ async def _handle(request: Request, route: str, svc: Services, rid: str) -> tupl
             return entry_response(hit.entry, stream=d.stream, include_usage=d.include_usage,
                                   headers=_hit_headers(hit, svc, base_headers)), "HIT", "L1", d
 
+    # A miss that reaches the semantic stage asks for the cross-replica lock there, so its
+    # round trip overlaps the embedding; whatever this request does not lead gives it back.
+    claim = svc.claim(d)
+    try:
+        return await _lookup_or_fetch(request, route, raw, d, svc, base_headers, claim)
+    finally:
+        if claim is not None:
+            claim.leave()
+
+
+async def _lookup_or_fetch(request: Request, route: str, raw: bytes, d: Decision, svc: Services,
+                           base_headers: dict[str, str], claim: Claim | None) -> tuple[Response, str, str, Decision]:
     look = Lookup(None, NO_PROBE)
     if d.read:
         look = await svc.cache.lookup(key=d.keys.key, max_age=d.max_age,
                                       semantic_text=d.keys.semantic_text if d.semantic else None,
-                                      partition=d.keys.partition, threshold=d.threshold)
+                                      partition=d.keys.partition, threshold=d.threshold,
+                                      on_exact_miss=claim.ask if claim is not None else None)
         svc.observe_probe(look, d)
         if look.hit is not None:
             return _hit_response(look.hit, d, svc, request, raw, base_headers), \
@@ -140,7 +154,7 @@ async def _handle(request: Request, route: str, svc: Services, rid: str) -> tupl
                                code="rate_limit_exceeded", headers={**base_headers, "retry-after": "1"}),
                 "BYPASS", "", d)
     try:
-        resp, status = await _fetch(request, route, raw, orjson.loads(raw), d, look, svc, base_headers)
+        resp, status = await _fetch(request, route, raw, orjson.loads(raw), d, look, svc, base_headers, claim)
     except BaseException:
         svc.release(tenant)
         raise
@@ -187,9 +201,9 @@ def _hit_response(hit: Hit, d: Decision, svc: Services, request: Request, raw: b
 
 
 async def _fetch(request: Request, route: str, raw: bytes, body: dict, d: Decision, look: Lookup, svc: Services,
-                 base: dict[str, str]) -> tuple[Response, str]:
+                 base: dict[str, str], claim: Claim | None) -> tuple[Response, str]:
     flight, leader = svc.join_flight(d, FetchJob(PATHS[route], upstream_payload(body, raw, d.stream),
-                                                 request.headers, d, look.probe.vector))
+                                                 request.headers, d, look.probe.vector, claim))
     status = "BYPASS" if d.bypass else ("MISS" if leader else "COALESCED")
     headers = {**base, "x-cache-status": status}
     if look.probe.verdict and look.probe.verdict != "ok":

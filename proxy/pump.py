@@ -15,7 +15,7 @@ import orjson
 from cache.entry import Entry, EntryMeta
 from cache.flight import Flight, Outcome, Upstart
 from cache.layer import LayerError
-from cache.redis_lock import RedisLock
+from cache.redis_lock import Claim, RedisLock
 from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
 from cache.tiered import TieredCache
 from policies.decision import Decision
@@ -35,6 +35,8 @@ class FetchJob:
     headers: Mapping[str, str]
     decision: Decision
     vector: np.ndarray | None
+    claim: Claim | None = None
+    """The request's early lock claim (see cache.redis_lock.EarlyLocks), when it has one."""
 
 
 def upstream_payload(body: dict, raw: bytes, stream: bool) -> bytes:
@@ -85,7 +87,7 @@ class Pump:
         token = None
         if self.lock is not None and job.decision.write:
             try:
-                token = await self.lock.acquire(key, self.lock_ttl_s)
+                token = await (job.claim.lead() if job.claim is not None else self.lock.acquire(key, self.lock_ttl_s))
             except LayerError as exc:
                 self.metrics.layer_error("redis", "lock", exc)  # fail open: go upstream ourselves
                 token = ""

@@ -13,6 +13,7 @@ from cache.bans import BanList
 from cache.breaker import CircuitBreaker
 from cache.flight import Coalescer, Flight
 from cache.memory_layer import MemoryLayer
+from cache.redis_lock import Claim, EarlyLocks
 from cache.tiered import Lookup, TieredCache
 from policies.decision import Decision
 from policies.keys import ANONYMOUS_TENANT, tenant_from_token
@@ -42,6 +43,7 @@ class Services:
     ban_bus: Any = None
     invalidator: Any = None
     grey_zone: Any = None  # proxy.grey_zone.GreyZone: calibration evidence and the judge
+    early_locks: EarlyLocks | None = None  # when misses take a cross-replica lock
     access_log: bool = True
     owns_embedder: bool = True
     tasks: set[asyncio.Task] = field(default_factory=set)
@@ -126,6 +128,12 @@ class Services:
             self._active[tenant] = n
 
     # -- flights ---------------------------------------------------------------------------
+    def claim(self, d: Decision) -> Claim | None:
+        """The request's early lock claim: when its miss would take the cross-replica lock."""
+        if self.early_locks is None or not d.write or d.bypass is not None:
+            return None
+        return self.early_locks.claim(d.keys.key)
+
     def join_flight(self, d: Decision, job: FetchJob) -> tuple[Flight, bool]:
         if d.bypass is not None:
             flight, leader = Flight(d.keys.key), True
@@ -322,12 +330,13 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     u = settings.upstream_http
     upstream = Upstream(settings.upstream, connect_timeout_s=u.connect_timeout_s, read_timeout_s=u.read_timeout_s,
                         max_connections=u.max_connections)
-    lock = None
+    lock = early_locks = None
     if redis.client is not None and settings.coalesce.enabled:
         from cache.redis_lock import RedisLock
 
         lock = RedisLock(redis.client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
                          pipe=redis.pipe)
+        early_locks = EarlyLocks(lock, settings.coalesce.lock_ttl_s)
     pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
                 max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
                 lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
@@ -335,7 +344,7 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis.client,
                    redis_bg=redis.background, embedded_redis=redis.embedded,
                    vector_store=semantic.store if semantic is not None else None, owns_embedder=owns_embedder,
-                   access_log=settings.access_log)
+                   access_log=settings.access_log, early_locks=early_locks)
     if semantic is not None and semantic.evidence is not None:
         svc.grey_zone = _grey_zone(settings, cache, semantic, metrics)
         pump.after_commit = svc.grey_zone.after_commit

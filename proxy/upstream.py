@@ -1,4 +1,12 @@
-"""The upstream (generation backend) client: one pooled `httpx.AsyncClient`.
+"""The upstream (generation backend) client: one pooled httpx transport.
+
+Requests go straight to `httpx.AsyncHTTPTransport` (the connection pool under
+`httpx.AsyncClient`), not through the client: a proxy wants none of the client's
+per-request work. The client keeps a cookie jar, so a `Set-Cookie` from the upstream
+would ride along on every later request, whichever tenant sent it; it follows no
+redirects here anyway, and its auth and hook plumbing cost ~0.25 ms of a miss's time
+to first token on this machine (bench/hit_latency.py). Timeouts are the transport's
+per-request extension, as the client would set them.
 
 Transport failures are translated at this edge into `UpstreamError` with the status a
 client should see (502 connect/protocol, 504 timeout); HTTP errors from the upstream
@@ -38,25 +46,24 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         # The transport retries only connection failures: nothing was sent, so it is safe.
         # Once a byte is on the wire the request is never retried.
-        self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(retries=2, limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections)),
-            base_url=self.base_url,
-            timeout=httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            http2=False,
-        )
+        self._transport = httpx.AsyncHTTPTransport(retries=2, http2=False, limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections))
+        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0,
+                                      pool=connect_timeout_s).as_dict()
 
     async def open(self, method: str, path: str, *, content: bytes, headers: Mapping[str, str],
                    params: str | None = None) -> httpx.Response:
         """Send a request and return the response with its body unread (stream it or read it).
         Raises UpstreamError on transport failure."""
-        url = path + (f"?{params}" if params else "")
+        url = self.base_url + path + (f"?{params}" if params else "")
         try:
-            req = self._client.build_request(method, url, content=content, headers=forward_headers(headers))
-            return await self._client.send(req, stream=True)
+            req = httpx.Request(method, url, content=content, headers=forward_headers(headers),
+                                extensions={"timeout": self._timeout})
+            resp = await self._transport.handle_async_request(req)
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from exc
+        resp.request = req
+        return resp
 
     @staticmethod
     async def iter_body(resp: httpx.Response, *, decoded: bool) -> AsyncIterator[bytes]:
@@ -78,4 +85,4 @@ class Upstream:
             await resp.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

@@ -216,3 +216,27 @@ def test_legacy_completions_route_is_cached(make_proxy, backend_url):
         assert (r1.headers["x-cache-status"], r2.headers["x-cache-status"]) == ("MISS", "HIT")
         s = c.completions.create(model="sim", prompt="Once upon a time", max_tokens=8, stream=True)
         assert "".join(ch.choices[0].text for ch in s if ch.choices) == r1.parse().choices[0].text
+
+
+def test_an_upstream_cookie_is_never_replayed_to_later_requests(make_proxy):
+    """The proxy keeps no cookie jar: a Set-Cookie meant for one caller must not ride
+    along on another tenant's request."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.proxy.conftest import serving
+
+    seen: list[str | None] = []
+
+    async def models(request):
+        seen.append(request.headers.get("cookie"))
+        return JSONResponse({"object": "list", "data": []}, headers={"set-cookie": "session=tenant-a-secret; Path=/"})
+
+    upstream = Starlette(routes=[Route("/v1/models", models)])
+    with serving(upstream) as up, make_proxy(up) as url:
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer a"}).status_code == 200
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer b"}).status_code == 200
+        r = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer c", "Cookie": "mine=1"})
+    assert r.status_code == 200
+    assert seen == [None, None, "mine=1"]  # the caller's own cookie passes; the upstream's is never replayed

@@ -1,0 +1,104 @@
+"""The cross-replica lock and the early claims on it, against a real redis-server."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cache.layer import LayerError
+from cache.redis_lock import EarlyLocks, RedisLock
+from cache.redis_pipe import RedisPipe
+from tests.conftest import eventually_async
+
+
+@pytest.fixture(params=["pool", "pipe"])
+async def lock(request, redis_url, clients):
+    pipe = RedisPipe.from_url(redis_url, connect_timeout_s=0.5) if request.param == "pipe" else None
+    yield RedisLock(clients(), prefix="t:", timeout_s=0.5, pipe=pipe)
+    if pipe is not None:
+        await pipe.aclose()
+
+
+async def test_one_replica_leads_and_only_its_token_releases(lock, clients):
+    other = RedisLock(clients(), prefix="t:", timeout_s=0.5)
+    token = await lock.acquire("k", 30)
+    assert token
+    assert await other.acquire("k", 30) is None  # held
+    await other.release("k", "not-the-token")
+    assert await other.acquire("k", 30) is None  # still held: compare-and-delete
+    await lock.release("k", token)
+    assert await other.acquire("k", 30)
+
+
+async def test_a_request_that_asked_and_leads_gets_the_acquisition_under_way(lock, clients):
+    early = EarlyLocks(lock, 30)
+    claim = early.claim("k")
+    claim.ask()
+    token = await claim.lead()
+    assert token and await clients().get("t:lock:k") == token.encode()
+    claim.leave()  # after lead: nothing to give back
+    assert await clients().get("t:lock:k") == token.encode()
+    assert len(early) == 0
+
+
+async def test_concurrent_askers_share_one_acquisition_and_the_leader_keeps_it(lock, clients):
+    early = EarlyLocks(lock, 30)
+    a, b, c = early.claim("k"), early.claim("k"), early.claim("k")
+    for cl in (a, b, c):
+        cl.ask()
+    assert len(early) == 1
+    b.leave()
+    token = await a.lead()
+    c.leave()
+    assert token  # not None: the other askers were this process, not another replica
+    await asyncio.sleep(0)
+    assert await clients().get("t:lock:k") == token.encode()
+
+
+async def test_a_lock_nobody_leads_with_is_given_back(lock, clients):
+    early = EarlyLocks(lock, 30)
+    a, b = early.claim("k"), early.claim("k")
+    a.ask()
+    b.ask()
+    a.leave()
+    b.leave()
+    async def released():
+        return not await clients().exists("t:lock:k") and len(early) == 0
+    await eventually_async(released, within=5, what="the unused lock released")
+
+
+async def test_a_new_leader_right_after_a_give_back_is_not_fooled_by_the_leftover(lock):
+    early = EarlyLocks(lock, 30)
+    first = early.claim("k")
+    first.ask()
+    await asyncio.sleep(0)
+    first.leave()  # the acquisition may still be in flight, its release not yet sent
+    token = await early.claim("k").lead()
+    assert token, "this process's own leftover lock was taken for another replica's"
+
+
+async def test_another_replica_holding_the_lock_resolves_to_none(lock, clients):
+    other = RedisLock(clients(), prefix="t:", timeout_s=0.5)
+    assert await other.acquire("k", 30)
+    claim = EarlyLocks(lock, 30).claim("k")
+    claim.ask()
+    assert await claim.lead() is None
+
+
+async def test_redis_down_is_a_layer_error_for_the_leader(redis_proc, redis_url, clients):
+    pipe = RedisPipe.from_url(redis_url, connect_timeout_s=0.3)
+    early = EarlyLocks(RedisLock(clients(), prefix="t:", timeout_s=0.3, pipe=pipe), 30)
+    redis_proc.kill()
+    try:
+        claim = early.claim("k")
+        claim.ask()
+        with pytest.raises(LayerError):
+            await claim.lead()
+        other = early.claim("j")
+        other.ask()
+        other.leave()  # a failed acquisition has nothing to give back
+        await asyncio.sleep(0.35)
+        assert len(early) == 0
+    finally:
+        redis_proc.start()
+        await pipe.aclose()
