@@ -65,7 +65,12 @@ def onnx_int8(onnx_fp32, onnx_cache) -> OnnxBackend:  # after fp32: the export i
     return OnnxBackend.from_model(quantize=True, cache_dir=onnx_cache)
 
 
-@pytest.fixture(params=["torch_backend", "onnx_fp32", "onnx_int8"])
+@pytest.fixture(scope="session")
+def onnx_int8_weights(onnx_fp32, onnx_cache) -> OnnxBackend:
+    return OnnxBackend.from_model(quantize=True, weight_only=True, cache_dir=onnx_cache)
+
+
+@pytest.fixture(params=["torch_backend", "onnx_fp32", "onnx_int8", "onnx_int8_weights"])
 def backend(request):
     return request.getfixturevalue(request.param)
 
@@ -84,13 +89,14 @@ def test_a_paraphrase_is_closer_than_an_unrelated_question(backend):
     assert q @ para > 0.85 > 0.3 > q @ other
 
 
-def test_onnx_agrees_with_torch(torch_backend, onnx_fp32, onnx_int8):
+def test_onnx_agrees_with_torch(torch_backend, onnx_fp32, onnx_int8, onnx_int8_weights):
     reference = torch_backend.encode(SENTENCES)
     fp32 = Agreement.between(onnx_fp32.encode(SENTENCES), reference)
-    int8 = Agreement.between(onnx_int8.encode(SENTENCES), reference)
     assert fp32.min >= 0.999
-    assert int8.mean >= 0.99 and int8.min >= 0.98
-    assert onnx_int8.agreement.mean >= 0.99  # measured at load on the probe texts
+    for int8 in (onnx_int8, onnx_int8_weights):
+        # plain quantize_dynamic (per-channel weights): 0.9939 mean, 0.9685 worst here, on "thanks"
+        assert Agreement.between(int8.encode(SENTENCES), reference).min >= 0.99, int8.engine
+        assert int8.agreement.mean >= 0.995 and int8.agreement.min >= 0.99, int8.engine  # at load, on the probe texts
 
 
 def test_onnx_truncates_like_torch(torch_backend, onnx_fp32):
@@ -99,9 +105,10 @@ def test_onnx_truncates_like_torch(torch_backend, onnx_fp32):
 
 
 def test_onnx_vectors_do_not_depend_on_batch_neighbours(onnx_int8):
+    # Dynamic int8 quantises a whole activation tensor with one scale: one text per run.
     alone = onnx_int8.encode(SENTENCES[:1])
     mixed = onnx_int8.encode([SENTENCES[0] + " and much more text " * 20] * 40 + SENTENCES[:1])
-    assert float(alone[0] @ mixed[-1]) > 0.9999
+    np.testing.assert_allclose(mixed[-1], alone[0], atol=1e-6)
 
 
 def test_the_export_is_reused(onnx_int8, onnx_cache):
@@ -119,6 +126,31 @@ async def test_load_embedder_picks_onnx_on_cpu(onnx_int8, onnx_cache, torch_back
         assert embedder.engine == "onnx:int8"
         out = await embedder.embed(SENTENCES[:3])
         assert Agreement.between(out, torch_backend.encode(SENTENCES[:3])).min >= 0.98
+    finally:
+        await embedder.aclose()
+
+
+async def test_load_embedder_falls_back_to_weight_only_int8(onnx_int8_weights, onnx_cache, tmp_path, caplog):
+    # The session's export, but a dynamic int8 model that does not agree with torch: plain
+    # quantize_dynamic, one scale per activation tensor and per weight tensor (0.944 mean, 0.875 worst).
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    (export_dir,) = [p for p in onnx_cache.iterdir() if not p.name.startswith(".")]
+    copy = tmp_path / "onnx" / export_dir.name
+    copy.mkdir(parents=True)
+    for file in export_dir.iterdir():
+        if file.name != "model.int8.onnx":
+            os.symlink(file, copy / file.name)
+    quantize_dynamic(export_dir / "model.onnx", copy / "model.int8.onnx", op_types_to_quantize=["MatMul", "Attention"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+    with caplog.at_level(logging.WARNING, logger="embeddings.loader"):
+        embedder = load_embedder(EmbedderConfig(device="cpu", cache_dir=str(tmp_path / "onnx"), timeout_s=5))
+    try:
+        assert embedder.engine == "onnx:int8-weights"
+        assert "not using onnx:int8:" in caplog.text
+        assert (await embedder.embed(["hi"])).shape == (1, 384)
     finally:
         await embedder.aclose()
 
