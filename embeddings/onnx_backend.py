@@ -84,7 +84,7 @@ CALIBRATION_TEXTS = [
     "yes please",
     "Never mind.",
     "Tell me more.",
-    "Why is the sky blue?",
+    "Why do leaves change colour in autumn?",
     "How many calories are in an avocado?",
     "What does an HTTP 404 error mean?",
     "Which programming language should I learn first, and why?",
@@ -304,7 +304,7 @@ def quantize_model(export_dir: Path, out_path: Path) -> None:
     and a GELU output's outlier channels (FFN output inputs) are multiplied in fp32
     (_split_outliers), both sized on CALIBRATION_TEXTS. all-MiniLM-L6-v2, cosine with
     torch on PROBE_TEXTS, mean / worst: plain 0.9913 / 0.9737, smoothing only 0.9952 /
-    0.9889, outlier split only 0.9946 / 0.9841, both 0.9988 / 0.9963."""
+    0.9897, outlier split only 0.9946 / 0.9841, both 0.9989 / 0.9970."""
     _require("onnx")
     import onnx
 
