@@ -44,7 +44,7 @@ from embeddings.sentence_transformer import default_model_path, model_name_for
 
 log = logging.getLogger(__name__)
 
-EXPORT_RECIPE = 3  # bump when the export steps change, so that old exports are not reused
+EXPORT_RECIPE = 4  # bump when the export steps change, so that old exports are not reused
 VARIANT_FILES = {  # engine "onnx:<variant>" -> its model file in the export
     "fp32": "model.onnx",
     "int8": "model.int8.onnx",
