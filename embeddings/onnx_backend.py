@@ -334,7 +334,7 @@ def quantize_model(export_dir: Path, out_path: Path) -> None:
     graph.ClearField("node")
     graph.node.extend(nodes)
 
-    with _quiet_root_logger():  # it logs each tensor it leaves alone, at INFO
+    with _quiet_quantizer_logs():
         from onnxruntime.quantization import quantize_dynamic
 
         quantize_dynamic(
@@ -353,7 +353,7 @@ def quantize_weights(export_dir: Path, out_path: Path) -> None:
     _require("onnx", "onnx_ir")
     import onnx
 
-    with _quiet_root_logger():  # the module calls logging.basicConfig(level=INFO) on import, then logs each node
+    with _quiet_quantizer_logs():
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         quantizer = MatMulNBitsQuantizer(
@@ -460,15 +460,18 @@ def _feeds(encoding, inputs: list[str]) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """onnxruntime.quantization logs on the root logger, and configures it on import:
-    raise its level for the duration and put its handlers and level back afterwards."""
+def _quiet_quantizer_logs():
+    """onnxruntime.quantization logs each node at INFO, some on the root logger, and one of
+    its modules calls logging.basicConfig(level=INFO) on import. For the duration, INFO and
+    WARNING records are dropped (process-wide: the export runs once, at start-up); then the
+    root logger's handlers and level are put back."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.setLevel(logging.ERROR)
+    handlers, level, disabled = root.handlers[:], root.level, root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         yield
     finally:
+        logging.disable(disabled)
         root.handlers[:] = handlers
         root.setLevel(level)
 
