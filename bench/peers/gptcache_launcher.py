@@ -37,7 +37,8 @@ def build_cache(args: argparse.Namespace):
     sys.path.insert(0, args.repo)  # only for the ONNX encoder (onnxruntime + tokenizers + numpy)
     from embeddings.onnx_backend import OnnxBackend
 
-    encoder = OnnxBackend(Path(args.export_dir), quantized=args.int8)
+    encoder = OnnxBackend(Path(args.export_dir), quantized=args.variant != "fp32",
+                          weight_only=args.variant == "int8-weights")
 
     def embed(text, **_):
         return encoder.encode([text])[0]
@@ -59,7 +60,8 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--repo", help="stratacache checkout (for the ONNX encoder)")
     p.add_argument("--export-dir", help="stratacache's ONNX export of the embedding model")
-    p.add_argument("--int8", action="store_true")
+    p.add_argument("--variant", choices=["int8", "int8-weights", "fp32"], default="fp32",
+                   help="which ONNX model of the export (the one the proxy's loader picked)")
     args = p.parse_args()
 
     import openai

@@ -57,17 +57,19 @@ def tiktoken_cache_dir(log_path: Path) -> Path:
     return target
 
 
-def onnx_export() -> tuple[Path, bool]:
-    """stratacache's ONNX export of the embedding model and whether the proxy would use
-    its int8 variant (the loader's agreement rule), so GPTCache embeds exactly as we do."""
-    from embeddings.loader import agrees
-    from embeddings.onnx_backend import OnnxBackend, ensure_export
+def onnx_export() -> tuple[Path, str]:
+    """stratacache's ONNX export of the embedding model and the variant the proxy's loader
+    picks on this machine ("int8", "int8-weights" or "fp32"; fp32 where the proxy would
+    fall back to torch), so GPTCache embeds exactly as we do."""
+    from embeddings.loader import EmbedderConfig, load_backend
+    from embeddings.onnx_backend import ensure_export
     from embeddings.sentence_transformer import default_model_path
     from proxy.settings import load_settings
 
     cache_dir = Path(load_settings(None).state_dir) / "onnx"
-    export = ensure_export(Path(default_model_path()), cache_dir, quantize=True)
-    return export, agrees(OnnxBackend(export, quantized=True).agreement)
+    engine = load_backend(EmbedderConfig(cache_dir=str(cache_dir))).engine
+    variant = engine.split(":", 1)[1] if engine.startswith("onnx:") else "fp32"
+    return ensure_export(Path(default_model_path()), cache_dir, quantize=False), variant
 
 
 def start(backend_url: str, workdir: Path, group: ProcessGroup, *, cosine_threshold: float,
@@ -76,13 +78,13 @@ def start(backend_url: str, workdir: Path, group: ProcessGroup, *, cosine_thresh
     venv = PeerVenv("gptcache", REQUIREMENTS)
     venv.ensure(log)
     tiktoken = tiktoken_cache_dir(log)
-    export, int8 = onnx_export()
+    export, variant = onnx_export()
     port = free_port()
     threshold = gptcache_threshold(cosine_threshold)
     # -P: the launcher's folder (bench/peers) must not shadow `gptcache` or `venv`.
     argv = [str(venv.python), "-P", str(LAUNCHER), "--port", str(port), "--upstream", backend_url + "/v1",
             "--mode", mode, "--threshold", f"{threshold:.6f}", "--data-dir", str(workdir / "data"),
-            "--repo", str(REPO_ROOT), "--export-dir", str(export)] + (["--int8"] if int8 else [])
+            "--repo", str(REPO_ROOT), "--export-dir", str(export), "--variant", variant]
     child = group.add(Child("gptcache", argv, workdir / "gptcache.log",
                             env=venv.env({"TIKTOKEN_CACHE_DIR": str(tiktoken), "OMP_NUM_THREADS": "1"})))
     child.start()
@@ -90,7 +92,7 @@ def start(backend_url: str, workdir: Path, group: ProcessGroup, *, cosine_thresh
     child.wait_http(url + "/healthz", 180)
     detail = (f"gptcache {venv.version_of('gptcache')} ({mode}: "
               + ("map data manager, exact match" if mode == "exact" else
-                 f"sqlite+faiss, all-MiniLM-L6-v2 {'int8' if int8 else 'fp32'} ONNX, similarity_threshold "
+                 f"sqlite+faiss, all-MiniLM-L6-v2 {variant} ONNX, similarity_threshold "
                  f"{threshold:.4f} = cosine {cosine_threshold:g}")
               + "); one request at a time")
     return PeerHandle(name="gptcache", base_url=url + "/v1", detail=detail)
