@@ -62,7 +62,7 @@ def onnx_export() -> tuple[Path, str]:
     picks on this machine ("int8", "int8-weights" or "fp32"; fp32 where the proxy would
     fall back to torch), so GPTCache embeds exactly as we do."""
     from embeddings.loader import EmbedderConfig, load_backend
-    from embeddings.onnx_backend import ensure_export
+    from embeddings.onnx_export import ensure_export
     from embeddings.sentence_transformer import default_model_path
     from proxy.settings import load_settings
 
