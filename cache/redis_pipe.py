@@ -89,6 +89,12 @@ class _Connection(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(error)
 
+    @property
+    def usable(self) -> bool:
+        """False once lost, or while the transport is closing (the server's EOF arrives
+        before connection_lost): a command written then would wait for nothing."""
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
+
     def send(self, data: bytes, now: float) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.waiting.append((fut, now))
@@ -126,7 +132,7 @@ class RedisPipe:
         """Send one command and await its reply. Raises redis-py's ConnectionError or
         ResponseError (both RedisError); the caller sets the deadline (asyncio.timeout)."""
         conn = self._conn
-        if conn is None or conn.lost:
+        if conn is None or not conn.usable:
             conn = await self._connect()
         loop = asyncio.get_running_loop()
         now = loop.time()

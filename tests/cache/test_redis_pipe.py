@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError, ResponseError
 
 from cache.redis_pipe import RedisPipe, pack
-from tests.conftest import RedisProcess
+from tests.conftest import RedisProcess, eventually_async
 
 
 @pytest.fixture
@@ -151,3 +151,13 @@ async def test_a_wrong_password_is_an_authentication_error(guarded_redis):
             await pipe.execute(b"GET", "k")
     finally:
         await pipe.aclose()
+
+
+async def test_a_connection_the_server_closed_is_replaced(pipe, admin):
+    await admin.set("k", "v")
+    assert await pipe.execute(b"GET", "k") == b"v"
+    first = pipe._conn
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # every other client
+    await eventually_async(lambda: not first.usable, within=5, what="the server's close reaching the transport")
+    assert await pipe.execute(b"GET", "k") == b"v"
+    assert pipe._conn is not first
