@@ -14,7 +14,6 @@ dropped, not encoded. Backend failures raise `EmbeddingError`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue
 import threading
 from collections import OrderedDict, deque
@@ -38,8 +37,32 @@ class Backend(Protocol):
 
 @dataclass
 class _Job:
+    """Texts for the worker, and where their vectors go: the caller's asyncio future,
+    resolved on its own loop (one `call_soon_threadsafe` wakes the caller)."""
+
     texts: list[str]  # distinct, not in the LRU when submitted
-    future: concurrent.futures.Future  # -> np.ndarray, one row per text
+    future: asyncio.Future  # -> np.ndarray, one row per text; cancelled when its caller gave up
+    loop: asyncio.AbstractEventLoop
+
+    def abandoned(self) -> bool:
+        """The caller gave up (timed out or cancelled). Read from the worker thread: a stale
+        answer only means the job runs and its result is dropped by `_resolve`."""
+        return self.future.done()
+
+    def resolve(self, vectors: np.ndarray | None, error: BaseException | None = None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future, vectors, error)
+        except RuntimeError:  # its loop is closed: nobody is waiting
+            pass
+
+
+def _resolve(future: asyncio.Future, vectors: np.ndarray | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(vectors)
 
 
 class VectorLRU:
@@ -100,10 +123,12 @@ class BatchingEmbedder:
         found = self._cache.get_many(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
-            job = _Job(missing, concurrent.futures.Future())
+            loop = asyncio.get_running_loop()
+            job = _Job(missing, loop.create_future(), loop)
             self._queue.put(job)
             try:
-                vectors = await asyncio.wait_for(asyncio.wrap_future(job.future), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # on expiry job.future is cancelled: dropped
+                    vectors = await job.future
             except TimeoutError:
                 raise TimeoutError(
                     f"embedding {len(missing)} text(s) took longer than {self.timeout_s}s ({self.engine})"
@@ -135,15 +160,15 @@ class BatchingEmbedder:
             size = 0
             while backlog and backlog[0] is not None and (not batch or size + len(backlog[0].texts) <= self.max_batch):
                 job = backlog.popleft()
-                if job.future.set_running_or_notify_cancel():  # False: its caller gave up already
+                if not job.abandoned():
                     batch.append(job)
                     size += len(job.texts)
             if batch:
                 self._encode(batch)
             if backlog and backlog[0] is None:
                 for job in backlog:
-                    if job is not None and job.future.set_running_or_notify_cancel():
-                        job.future.set_exception(EmbeddingError("embedder is closed"))
+                    if job is not None:
+                        job.resolve(None, EmbeddingError("embedder is closed"))
                 return
 
     def _encode(self, batch: list[_Job]) -> None:
@@ -160,11 +185,11 @@ class BatchingEmbedder:
                     row.setflags(write=False)
                 self._cache.set_many(zip(todo, rows))
                 vectors.update(zip(todo, rows))
-            for job in batch:
-                job.future.set_result(np.stack([vectors[t] for t in job.texts]))
         except Exception as exc:
+            error = EmbeddingError(f"{self.engine} failed to embed {len(todo)} text(s): {exc!r}")
+            error.__cause__ = exc
             for job in batch:
-                if not job.future.done():
-                    error = EmbeddingError(f"{self.engine} failed to embed {len(todo)} text(s): {exc!r}")
-                    error.__cause__ = exc
-                    job.future.set_exception(error)
+                job.resolve(None, error)
+            return
+        for job in batch:
+            job.resolve(np.stack([vectors[t] for t in job.texts]))

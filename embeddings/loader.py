@@ -10,6 +10,7 @@ Blocking (model load, and the ONNX export the first time): call it at start-up.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +37,9 @@ class EmbedderConfig:
     max_batch: int = 64  # texts per backend call
     onnx_quantize: bool = True
     cache_dir: str | None = None  # ONNX exports; None: ~/.cache/stratacache/onnx
-    threads: int = 1  # CPU threads per encode call; the event loop keeps the other cores
+    threads: int = 1  # CPU threads per encode call of several texts; the event loop keeps the other cores
+    # ONNX: CPU threads for a lone text (a quiet proxy's one lookup); None: min(2, CPU count)
+    single_text_threads: int | None = None
 
 
 def load_embedder(cfg: EmbedderConfig) -> BatchingEmbedder:
@@ -49,7 +52,8 @@ def load_backend(cfg: EmbedderConfig) -> Backend:
         return _torch(model_path, cfg)
     if cfg.engine == "onnx":
         backend = OnnxBackend.from_model(
-            model_path, quantize=cfg.onnx_quantize, cache_dir=cfg.cache_dir, threads=cfg.threads)
+            model_path, quantize=cfg.onnx_quantize, cache_dir=cfg.cache_dir, threads=cfg.threads,
+            single_text_threads=_single_text_threads(cfg))
         if not agrees(backend.agreement):
             log.warning("%s: %s", backend.engine, _describe(backend.agreement))
         return _chosen(backend)
@@ -57,7 +61,8 @@ def load_backend(cfg: EmbedderConfig) -> Backend:
     for quantize, weight_only in variants:  # dynamic int8, weight-only int8, fp32
         try:
             backend = OnnxBackend.from_model(
-                model_path, quantize=quantize, weight_only=weight_only, cache_dir=cfg.cache_dir, threads=cfg.threads)
+                model_path, quantize=quantize, weight_only=weight_only, cache_dir=cfg.cache_dir, threads=cfg.threads,
+                single_text_threads=_single_text_threads(cfg))
         except OnnxExportError as exc:
             log.warning("ONNX Runtime unavailable (%s): %s", variant_name(quantize, weight_only), exc)
             continue
@@ -66,6 +71,12 @@ def load_backend(cfg: EmbedderConfig) -> Backend:
         log.warning("not using %s: %s", backend.engine, _describe(backend.agreement))
     log.warning("embedding with torch on the CPU: no ONNX Runtime variant is usable")
     return _torch(model_path, cfg)
+
+
+def _single_text_threads(cfg: EmbedderConfig) -> int:
+    if cfg.single_text_threads is not None:
+        return cfg.single_text_threads
+    return max(cfg.threads, min(2, os.cpu_count() or 1))
 
 
 def agrees(agreement: Agreement) -> bool:

@@ -245,7 +245,8 @@ async def _semantic_stage(settings: Settings, embedder: Any, redis: _Redis, metr
 
         e = sem.embedder
         embedder = await asyncio.to_thread(load_embedder, EmbedderConfig(
-            model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s))
+            model_path=e.model_path, engine=e.engine, device=e.device, timeout_s=e.timeout_s, threads=e.threads,
+            single_text_threads=e.single_text_threads))
     store = None
     if redis.client is not None:
         from cache.vector_store import RedisVectorStore

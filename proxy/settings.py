@@ -34,6 +34,8 @@ class EmbedderSettings(_Section):
     engine: Literal["auto", "torch", "onnx"] = "auto"
     device: str = "auto"
     timeout_s: float = Field(default=1.0, gt=0)
+    threads: int = Field(default=1, ge=1)  # CPU threads per call of several texts
+    single_text_threads: int | None = Field(default=None, ge=1)  # ONNX, a lone text; None: min(2, CPUs)
 
 
 # -- calibration and the off-path judge (semantic.calibration, semantic.prior, semantic.evidence, judge)
