@@ -111,6 +111,17 @@ def test_onnx_vectors_do_not_depend_on_batch_neighbours(onnx_int8):
     np.testing.assert_allclose(mixed[-1], alone[0], atol=1e-6)
 
 
+def test_a_lone_text_on_two_threads_gets_its_batch_vector(onnx_int8, onnx_cache):
+    # A lone text runs on its own session (more threads); a batch on the one-thread session.
+    two = OnnxBackend.from_model(quantize=True, cache_dir=onnx_cache, threads=1, single_text_threads=2)
+    assert two._lone_session is not two._session
+    batch = two.encode(SENTENCES)
+    lone = np.concatenate([two.encode([s]) for s in SENTENCES])
+    np.testing.assert_allclose(lone, batch, atol=1e-5)
+    np.testing.assert_allclose(lone, onnx_int8.encode(SENTENCES), atol=1e-5)
+    assert two.agreement.min >= 0.99
+
+
 def test_the_export_is_reused(onnx_int8, onnx_cache):
     (export_dir,) = [p for p in onnx_cache.iterdir() if not p.name.startswith(".")]
     before = {p.name: p.stat().st_mtime_ns for p in export_dir.iterdir()}
