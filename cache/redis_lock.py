@@ -22,12 +22,18 @@ class RedisLock:
         self.pipe = pipe
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self._giving_back: set[asyncio.Task] = set()
 
     def _k(self, key: Key) -> str:
         return f"{self.prefix}lock:{key}"
 
     async def acquire(self, key: Key, ttl_s: float) -> str | None:
-        """Our token when we lead, None when another replica does. Raises LayerError."""
+        """Our token when we lead, None when another replica does. Raises LayerError.
+
+        An acquisition whose answer never came back (its deadline passed, the connection
+        broke, or the caller was cancelled) may still have taken the lock on the server; its
+        token is given back at once (compare-and-delete: harmless if it was not taken), so no
+        other replica waits out the lock's expiry for a leader that does not exist."""
         token = uuid.uuid4().hex
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -37,18 +43,37 @@ class RedisLock:
                 else:
                     ok = await self.client.set(self._k(key), token, nx=True, px=px)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._give_back(key, token)
             raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            self._give_back(key, token)
+            raise
         return token if ok else None
 
-    async def release(self, key: Key, token: str) -> None:
+    def _give_back(self, key: Key, token: str) -> None:
+        task = asyncio.ensure_future(self._release_unanswered(key, token))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def release(self, key: Key, token: str) -> bool:
+        """True when our lock was there and is gone; False when it was not ours (or not
+        there), or Redis did not answer: then it expires by itself."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self.pipe is not None:
-                    await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
+                    deleted = await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
                 else:
-                    await self.client.eval(_RELEASE, 1, self._k(key), token)
+                    deleted = await self.client.eval(_RELEASE, 1, self._k(key), token)
         except (RedisError, OSError, TimeoutError):
-            pass  # the lock expires by itself
+            return False
+        return bool(deleted)
+
+    async def _release_unanswered(self, key: Key, token: str) -> None:
+        # Once now, and once more a deadline later: a SET sent on a connection that then
+        # broke can reach the server after a release sent on another connection.
+        if not await self.release(key, token):
+            await asyncio.sleep(self.timeout_s)
+            await self.release(key, token)
 
 
 class _Shared:

@@ -66,6 +66,21 @@ async def test_a_lock_nobody_leads_with_is_given_back(lock, clients):
     await eventually_async(released, within=5, what="the unused lock released")
 
 
+async def test_a_leader_cancelled_while_its_lock_is_on_the_wire_leaves_no_lock(lock, clients):
+    admin = clients()
+    await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")  # the SET waits on the server
+    acquiring = asyncio.ensure_future(lock.acquire("k", 30))
+    await asyncio.wait({acquiring}, timeout=0.1)
+    acquiring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await acquiring
+    await clients().set("probe", 1)  # answered once the pause is over and the SET has run
+    async def gone():
+        return not await admin.exists("t:lock:k")
+    await eventually_async(gone, within=2, what="the cancelled acquisition's lock given back")
+    assert await RedisLock(clients(), prefix="t:", timeout_s=0.5).acquire("k", 30), "another replica still waits"
+
+
 async def test_a_new_leader_right_after_a_give_back_is_not_fooled_by_the_leftover(lock):
     early = EarlyLocks(lock, 30)
     first = early.claim("k")
