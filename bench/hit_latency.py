@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -125,6 +126,7 @@ class Procs:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def _ready(s: aiohttp.ClientSession, url: str, timeout: float = 300) -> None:

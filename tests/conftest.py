@@ -124,12 +124,14 @@ class RedisProcess:
             self.proc.wait(5)
 
     def stop(self) -> None:
+        """Stop the server for good and remove its directory (`kill` keeps it, for a restart)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
