@@ -8,6 +8,10 @@ redirects here anyway, and its auth and hook plumbing cost ~0.25 ms of a miss's 
 to first token on this machine (bench/hit_latency.py). Timeouts are the transport's
 per-request extension, as the client would set them.
 
+For a plain-HTTP upstream the transport's connection pool runs on
+`proxy.upstream_net.AsyncioBackend` (asyncio streams) instead of httpx's AnyIO one: the
+same pool and HTTP/1.1 code, about 0.5 ms sooner to the response headers here.
+
 Transport failures are translated at this edge into `UpstreamError` with the status a
 client should see (502 connect/protocol, 504 timeout); HTTP errors from the upstream
 are returned as responses, never raised, so they pass through as the upstream sent them.
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
+import httpcore
 import httpx
+
+from proxy.upstream_net import AsyncioBackend
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                         "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding"})
@@ -46,8 +53,14 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         # The transport retries only connection failures: nothing was sent, so it is safe.
         # Once a byte is on the wire the request is never retried.
-        self._transport = httpx.AsyncHTTPTransport(retries=2, http2=False, limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections))
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._transport = httpx.AsyncHTTPTransport(retries=2, http2=False, limits=limits)
+        if self.base_url.startswith("http://"):
+            # The transport's own pool, rebuilt with the same settings on asyncio streams.
+            self._transport._pool = httpcore.AsyncConnectionPool(
+                max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry, http1=True, http2=False, retries=2,
+                network_backend=AsyncioBackend())
         self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0,
                                       pool=connect_timeout_s).as_dict()
 
