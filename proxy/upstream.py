@@ -53,13 +53,13 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         # The transport retries only connection failures: nothing was sent, so it is safe.
         # Once a byte is on the wire the request is never retried.
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._transport = httpx.AsyncHTTPTransport(retries=2, http2=False, limits=limits)
+        limits, retries = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections), 2
+        self._transport = httpx.AsyncHTTPTransport(retries=retries, http2=False, limits=limits)
         if self.base_url.startswith("http://"):
             # The transport's own pool, rebuilt with the same settings on asyncio streams.
             self._transport._pool = httpcore.AsyncConnectionPool(
                 max_connections=limits.max_connections, max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry, http1=True, http2=False, retries=2,
+                keepalive_expiry=limits.keepalive_expiry, http1=True, http2=False, retries=retries,
                 network_backend=AsyncioBackend())
         self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0,
                                       pool=connect_timeout_s).as_dict()
