@@ -110,34 +110,30 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_reused():
             await up.aclose()
 
 
-async def test_an_upstream_that_never_answers_is_a_timeout():
-    async with TinyServer(silent=True) as url:
-        up = _upstream(url, read_timeout_s=0.2)
-        try:
-            with pytest.raises(UpstreamError) as err:
-                await _post(up)
-            assert err.value.status == 504 and err.value.code == "upstream_timeout"
-        finally:
-            await up.aclose()
-
-
-async def test_nobody_listening_is_unreachable():
-    up = _upstream(f"http://127.0.0.1:{free_port()}")
+async def _failure(url: str, read_timeout_s: float = 5.0) -> UpstreamError:
+    """The UpstreamError one request to `url` ends in."""
+    up = _upstream(url, read_timeout_s)
     try:
         with pytest.raises(UpstreamError) as err:
             await _post(up)
-        assert err.value.status == 502 and err.value.code == "upstream_unreachable"
+        return err.value
     finally:
         await up.aclose()
 
 
+async def test_an_upstream_that_never_answers_is_a_timeout():
+    async with TinyServer(silent=True) as url:
+        err = await _failure(url, read_timeout_s=0.2)
+    assert err.status == 504 and err.code == "upstream_timeout"
+
+
+async def test_nobody_listening_is_unreachable():
+    err = await _failure(f"http://127.0.0.1:{free_port()}")
+    assert err.status == 502 and err.code == "upstream_unreachable"
+
+
 async def test_an_https_upstream_keeps_httpx_tls_backend():
     async with TinyServer(hang_up=True) as url:  # no TLS there: the handshake fails, in httpx's backend
-        up = _upstream(url.replace("http://", "https://"))
-        try:
-            with pytest.raises(UpstreamError) as err:
-                await _post(up)
-            assert err.value.status == 502
-            assert "not spoken by this backend" not in repr(err.value.__cause__)
-        finally:
-            await up.aclose()
+        err = await _failure(url.replace("http://", "https://"))
+    assert err.status == 502
+    assert "not spoken by this backend" not in repr(err.__cause__)
