@@ -19,7 +19,7 @@ by a drop in hit rate.
 One 12-word question (about 16 tokens) on one thread of this project's 2-core AMD EPYC VM,
 min / median ms: fp32 4.3 / 5.3, weight-only int8 2.6 / 3.6, dynamic int8 1.3 / 2.0, all
 up to 1.5x slower while the host is busy (`python -m bench.embed_latency` compares them);
-dynamic int8 on two threads 1.0 / 1.2. ORT's run is nearly all of it; tokenising takes
+dynamic int8 on two threads 1.0 / 1.2-1.5. ORT's run is nearly all of it; tokenising takes
 about 0.03 ms.
 
 Threads. A lone text (the common case: one request's lookup while the proxy is quiet) runs
