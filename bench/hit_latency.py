@@ -15,7 +15,9 @@ come from the embedder's LRU: the lookup without the embedding) and on paraphras
 seen before (one embedding each, as real traffic has). Time to first token is measured
 on streams read to the end (so connections are reused, as SDK clients do), interleaved
 straight to the backend, through the relay, the exact-only proxy and the semantic proxy,
-10 ms apart (so a proxy's commit of one answer does not overlap the next request).
+10 ms apart (so a proxy's commit of one answer does not overlap the next request); and
+through the semantic proxy for a follow-up in a new conversation (an empty partition, where
+the lookup does not embed: the commit does, after the answer).
 Prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -96,6 +98,13 @@ FRAMES = ["Quick question: {q}", "Can you tell me: {q}", "I was wondering, {l}",
 
 def _frame(frame: str, q: str) -> str:
     return frame.format(q=q, l=q[0].lower() + q[1:])
+
+
+def _follow_up(first: str) -> dict:
+    body = _body("Can you expand on that?", True)
+    body["messages"] = [{"role": "user", "content": first}, {"role": "assistant", "content": "Here is an answer."},
+                        *body["messages"]]
+    return body
 
 
 def _port() -> int:
@@ -194,13 +203,13 @@ async def throughput(s, url: str, body: dict, n: int, c: int, headers: dict) -> 
     return n / (time.perf_counter() - t0)
 
 
-async def ttft(s, url, text, headers) -> float:
+async def ttft(s, url, body: dict, headers) -> float:
     """Seconds to the first non-empty content delta of a stream; the stream is read to its
     end, so the connection goes back to the pool as an SDK client's would."""
     t0 = time.perf_counter()
     first = None
     buf = b""
-    async with s.post(url + "/v1/chat/completions", json=_body(text, True), headers=headers) as r:
+    async with s.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
         async for chunk in r.content.iter_any():
             if first is not None:
                 continue
@@ -282,12 +291,19 @@ async def run(rounds: int, n: int) -> dict:
             e0 = await embed_seconds(s, urls["l3"])
             for i, (ask, topic) in enumerate((a, t) for a in ASKS for t in TOPICS):
                 for name, u in paths.items():
-                    tt[name].append(await ttft(s, u, ask.format(t=topic) + f" ({name} {i})", H))
+                    tt[name].append(await ttft(s, u, _body(ask.format(t=topic) + f" ({name} {i})", True), H))
                     # the proxy stores the answer after the last chunk has gone out: let it, so
                     # the next request's time is its own and not also the previous commit's
                     await asyncio.sleep(0.01)
             e1 = await embed_seconds(s, urls["l3"])
             embed_ms = (e1[0] - e0[0]) / max(1, e1[1] - e0[1]) * 1e3
+            # a follow-up in a conversation the cache has never seen: its partition is empty,
+            # so the semantic proxy goes upstream without embedding it first
+            tt["semantic_proxy_new_conversation"] = []
+            for i, (ask, topic) in enumerate((a, t) for a in ASKS for t in TOPICS):
+                for name, u in (("direct", urls["backend"]), ("semantic_proxy_new_conversation", urls["l3"])):
+                    tt[name].append(await ttft(s, u, _follow_up(ask.format(t=topic) + f" (conversation {i})"), H))
+                    await asyncio.sleep(0.01)
         m = {k: statistics.median(v) for k, v in res.items()}
         t50 = {k: statistics.median(v) * 1e3 for k, v in tt.items()}
         return {
@@ -297,7 +313,7 @@ async def run(rounds: int, n: int) -> dict:
                                "ratio": round(m["L1_16"] / m["floor16"], 2)},
             "layers_seen": layers,
             "miss_ttft_ms": {**{f"{k}_p50": round(v, 2) for k, v in t50.items()},
-                             **{f"added_{k}": round(t50[k] - t50["direct"], 2) for k in paths if k != "direct"},
+                             **{f"added_{k}": round(t50[k] - t50["direct"], 2) for k in tt if k != "direct"},
                              "embedding_mean": round(embed_ms, 2)},
         }
     finally:
@@ -325,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"miss TTFT p50: direct {mt['direct_p50']} ms; added by the bare relay {mt['added_relay']:+.2f} ms, "
           f"the exact-only proxy {mt['added_exact_proxy']:+.2f} ms, the semantic proxy "
           f"{mt['added_semantic_proxy']:+.2f} ms (its embedding: {mt['embedding_mean']:.2f} ms mean, "
-          f"so {mt['added_semantic_proxy'] - mt['embedding_mean']:+.2f} ms besides)")
+          f"so {mt['added_semantic_proxy'] - mt['embedding_mean']:+.2f} ms besides); a follow-up in a new "
+          f"conversation (empty partition: no embedding before upstream) {mt['added_semantic_proxy_new_conversation']:+.2f} ms")
     print(f"layers seen: {out['layers_seen']}")
     return 0
 

@@ -10,6 +10,8 @@ Contract (`VectorIndex`):
   identical vector to the same partition again is a no-op, so replaying our own events
   from the Redis stream costs nothing.
 - `remove` returns whether the key was indexed. A partition left with no entries is dropped.
+- `holds(partition)` is False only when a search of it would find nothing; it never blocks,
+  so a lookup in an empty partition (a new conversation) need not wait for its embedding.
 
 Index type by size (live entries `n` of a partition):
 
@@ -134,6 +136,11 @@ class VectorIndex(Protocol):
     async def search(self, vector: np.ndarray, partition: str, k: int) -> list[tuple[Key, float]]: ...
 
     async def remove(self, key: Key) -> bool: ...
+
+    def holds(self, partition: str) -> bool:
+        """Whether `partition` may have entries (never blocks): False means a search of it
+        finds nothing, so a caller need not compute the query vector first."""
+        ...
 
 
 def _remove_ids(index: faiss.Index, kind: str, tombstones: set[int], ids: np.ndarray) -> None:
@@ -297,6 +304,9 @@ class SemanticIndex:
         if part is None or k <= 0:
             return []
         return await self._call(self._inline(part, 0), self._search_blocking, part, q, k)
+
+    def holds(self, partition: str) -> bool:
+        return partition in self._parts  # a partition with no keys and no add in flight is dropped
 
     async def remove(self, key: Key) -> bool:
         return await self.remove_many([key]) == 1

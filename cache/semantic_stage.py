@@ -123,6 +123,10 @@ class SemanticStage:
         self._grey: TTLCache = TTLCache(maxsize=grey_capacity, ttl=grey_ttl_s, timer=time.monotonic)
         self._tasks: set[asyncio.Task] = set()
 
+    def searchable(self, partition: str) -> bool:
+        """False when a search of `partition` would find nothing: a lookup there need not embed."""
+        return self.index.holds(partition)
+
     async def embed_one(self, text: str) -> np.ndarray:
         """Raises EmbeddingError or TimeoutError; fails fast while the breaker is open."""
         try:

@@ -166,7 +166,9 @@ class TieredCache:
         hit = self.l1_hit(key, max_age)
         if hit is not None:
             return Lookup(hit, NO_PROBE)
-        if semantic_text is None or self.semantic is None:
+        if semantic_text is None or self.semantic is None or not self.semantic.searchable(partition):
+            # No semantic lookup, or nothing in the partition to compare with (a new
+            # conversation, tenant, model or parameter set): the commit embeds the text later.
             return Lookup(await self.exact(key, max_age), NO_PROBE)
         # After an L1 miss, the embedding (the main cost of a semantic lookup) runs while
         # L2 answers, so a miss pays max(L2, embed) rather than their sum.

@@ -141,6 +141,9 @@ class FixedIndex:
     async def search(self, vector, partition, k):
         return self.candidates[:k]
 
+    def holds(self, partition):
+        return bool(self.candidates)
+
     async def remove(self, key):
         return True
 

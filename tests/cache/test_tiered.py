@@ -1,11 +1,17 @@
-"""TieredCache: commit order and the L3 add that must not hold a response."""
+"""TieredCache: commit order, the L3 add that must not hold a response, and the lookup of a
+partition with nothing in it (no embedding)."""
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+
+import numpy as np
 
 from cache.bans import BanList
 from cache.memory_layer import MemoryLayer
+from cache.semantic_index import SemanticIndex
+from cache.semantic_stage import SemanticStage
 from cache.tiered import LayerEvents, TieredCache
 from tests.cache.test_layer_contract import entry
 
@@ -34,3 +40,50 @@ async def test_a_slow_index_add_does_not_hold_the_commit():
     stage.release.set()
     await cache.aclose()  # waits for the add in flight
     assert stage.added == ["k"]
+
+
+class CountingEmbedder:
+    """Counts the texts it embeds; every text gets the same vector."""
+
+    dim = 4
+    model_name = "counting"
+
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+
+    async def embed(self, texts):
+        self.embedded.extend(texts)
+        return np.tile(np.array([1, 0, 0, 0], np.float32), (len(texts), 1))
+
+
+def semantic_entry(text: str, partition: str):
+    e = entry()
+    return replace(e, meta=replace(e.meta, partition=partition, semantic_text=text))
+
+
+async def test_a_lookup_in_an_empty_partition_does_not_embed():
+    embedder = CountingEmbedder()
+    index = SemanticIndex(dim=4)
+    stage = SemanticStage(embedder=embedder, index=index, store=None, consider_threshold=0.8, k=4, verifier=None,
+                          events=LayerEvents())
+    cache = TieredCache(l1=MemoryLayer(1 << 20, time.time), l2=None, semantic=stage, bans=BanList(),
+                        clock=time.time, events=LayerEvents())
+
+    async def lookup(key: str, partition: str):
+        return await cache.lookup(key=key, max_age=None, semantic_text="Can you expand on that?",
+                                  partition=partition, threshold=0.9)
+
+    look = await lookup("k1", "conversation-a")
+    assert look.hit is None and look.probe.vector is None
+    assert embedder.embedded == []  # nothing to compare with: the miss went upstream at once
+    await cache.commit("k1", semantic_entry("Can you expand on that?", "conversation-a"), None)
+    assert embedder.embedded == ["Can you expand on that?"]  # the commit embeds it, once
+    assert index.holds("conversation-a") and "k1" in index
+    # once the partition holds an entry, a lookup there embeds and searches: the same text hits
+    look = await lookup("k2", "conversation-a")
+    assert look.hit is not None and look.hit.layer == "L3" and look.hit.key == "k1"
+    assert len(embedder.embedded) == 2
+    # another conversation's partition is still empty: no embedding, and no hit across conversations
+    look = await lookup("k3", "conversation-b")
+    assert look.hit is None and len(embedder.embedded) == 2 and not index.holds("conversation-b")
+    await cache.aclose()
