@@ -1,6 +1,9 @@
 """L3: embed the semantic text, search the partition's nearest neighbours, re-check
 each candidate against its stored entry (it may have expired, been banned or removed),
-verify it, and serve the best one that passes its threshold.
+verify it, and serve the best one that passes its threshold. When the query and a
+candidate share segments (a template, retrieved context: `policies.shared_context`), the
+parts in which they differ must pass that threshold too, or the candidate is vetoed
+("shared-context").
 
 The threshold is either static (the request's, from `semantic.threshold` or a rule) or,
 with calibration, the candidate's own: `policies.calibration.decide` on the candidate's
@@ -36,6 +39,7 @@ from cache.entry import Entry, Key
 from cache.layer import LayerError
 from embeddings.protocol import Embedder, EmbeddingError
 from policies.calibration import Evidence, GlobalPrior, decide
+from policies.shared_context import differing_parts
 
 if TYPE_CHECKING:
     from cache.tiered import GreyCandidate
@@ -104,7 +108,7 @@ class SemanticStage:
                  calibration: Calibration | None = None, evidence: "EvidenceStore | None" = None,
                  grey_zone: bool = False, same_answer_similarity: float = 0.9, veto_weight: float = 0.0,
                  on_evidence: EvidenceObserver | None = None, grey_capacity: int = 4096,
-                 grey_ttl_s: float = 600.0) -> None:
+                 grey_ttl_s: float = 600.0, shared_context_check: bool = True) -> None:
         self.embedder = embedder
         self.breaker = breaker or CircuitBreaker(5, 5.0, time.monotonic)
         self.index = index
@@ -119,9 +123,14 @@ class SemanticStage:
         self.same_answer = same_answer_similarity
         self.veto_weight = veto_weight
         self.on_evidence = on_evidence
+        self.shared_context_check = shared_context_check
         # grey-zone candidates awaiting their request's fresh answer: (partition, text) -> candidate
         self._grey: TTLCache = TTLCache(maxsize=grey_capacity, ttl=grey_ttl_s, timer=time.monotonic)
         self._tasks: set[asyncio.Task] = set()
+
+    MAX_PART_CHECKS = 2
+    """Candidates a lookup compares by their differing parts (an embedding each); a further
+    candidate that needs it is not served. Bounds what a miss in templated traffic costs."""
 
     def searchable(self, partition: str) -> bool:
         """False when a search of `partition` would find nothing: a lookup there need not embed."""
@@ -129,19 +138,34 @@ class SemanticStage:
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Raises EmbeddingError or TimeoutError; fails fast while the breaker is open."""
+        return (await self.embed(text))[0]
+
+    async def embed(self, *texts: str) -> np.ndarray:
+        """One row per text. Raises EmbeddingError or TimeoutError; fails fast while the breaker is open."""
         try:
             self.breaker.check()
         except CircuitOpen as exc:
             raise EmbeddingError("embedder circuit open") from exc
         t0 = time.perf_counter()
         try:
-            vec = (await self.embedder.embed([text]))[0]
+            vectors = await self.embedder.embed(list(texts))
         except (EmbeddingError, TimeoutError):
             self.breaker.failure()
             raise
         self.breaker.success()
         self.events.layer_latency("embedder", "embed", time.perf_counter() - t0)
-        return vec
+        return vectors
+
+    async def _parts_agree(self, parts: tuple[str, str], threshold: float) -> bool:
+        """Whether the parts in which two texts with text in common (a template, retrieved
+        context) differ are at least `threshold` similar (see policies.shared_context). When
+        they cannot be embedded, False: the candidate is not served."""
+        try:
+            a, b = await self.embed(*parts)
+        except (EmbeddingError, TimeoutError) as exc:
+            self.events.layer_error("embedder", "embed", exc)
+            return False
+        return float(np.dot(a, b)) >= threshold
 
     async def lookup(self, cache: "TieredCache", *, text: str, partition: str, threshold: float,
                      max_age: float | None, embedding: "asyncio.Future[np.ndarray] | None" = None) -> "Lookup":
@@ -169,6 +193,7 @@ class SemanticStage:
         verdict: str | None = None
         applied: tuple[float, str] | None = None
         grey: GreyCandidate | None = None
+        part_checks = 0
         for key, sim in candidates[:self.k]:
             if sim < self.consider:
                 break
@@ -202,6 +227,15 @@ class SemanticStage:
                 serve, t, rule = d.serve, d.threshold, d.reason
             if applied is None:
                 applied = (t, rule)
+            if serve and self.shared_context_check:
+                parts = differing_parts(text, entry.meta.semantic_text)
+                if parts is not None and (part_checks >= self.MAX_PART_CHECKS
+                                          or not await self._parts_agree(parts, t)):
+                    # a veto, not a grey-zone pair: the whole texts' similarity says nothing
+                    # here, and learning from it would teach the entry's threshold the wrong lesson
+                    part_checks += 1
+                    verdict = verdict or "shared-context"
+                    continue
             if serve:
                 return Lookup(Hit(entry=entry, layer="L3", key=key, stale=hit.stale, similarity=sim,
                                              verdict="ok", threshold=t, rule=rule),

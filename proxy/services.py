@@ -270,7 +270,8 @@ async def _semantic_stage(settings: Settings, embedder: Any, redis: _Redis, metr
                          consider_threshold=min(sem.consider_threshold, sem.threshold), k=sem.k, verifier=verifier,
                          events=metrics, calibration=calibration, evidence=evidence,
                          grey_zone=evidence is not None, same_answer_similarity=sem.evidence.same_answer_similarity,
-                         veto_weight=sem.evidence.veto_weight, on_evidence=metrics.evidence_recorded)
+                         veto_weight=sem.evidence.veto_weight, on_evidence=metrics.evidence_recorded,
+                         shared_context_check=sem.shared_context_check)
 
 
 async def _start_invalidation(svc: Services, redis: _Redis) -> None:

@@ -71,6 +71,9 @@ class SemanticSettings(_Section):
                              description="cosine at or above which a verified candidate is served")
     consider_threshold: float = Field(default=0.80, gt=0, le=1, description="candidates below are never looked at")
     verify: bool = True
+    shared_context_check: bool = Field(default=True, description=(
+        "when the texts share segments (a template, retrieved context), serve only if the parts "
+        "that differ also reach the threshold"))
     k: int = Field(default=4, ge=1, le=64)
     near_miss_band: float = Field(default=0.05, ge=0, le=1)
     embedder: EmbedderSettings = EmbedderSettings()

@@ -72,6 +72,24 @@ def test_conversation_context_must_match(proxy):
     assert ask(proxy, "Can you expand on that?", system="You are terse.", history=cal)[0] == "MISS"
 
 
+CONTEXT = " ".join([
+    "The Treaty of Westphalia ended the Thirty Years' War in 1648 and reshaped the political map of Europe.",
+    "Historians often credit it with the modern idea of state sovereignty.",
+    "It was negotiated over several years in the cities of Osnabrueck and Muenster.",
+] * 6)
+
+
+def test_a_shared_context_does_not_make_different_questions_alike(proxy):
+    """Text the requests share (retrieved context, a template) pulls their embeddings
+    together: here past the model's 256 tokens, so the questions are not even embedded."""
+    seed = ask(proxy, f"Context: {CONTEXT}\n\nQuestion: When was the treaty signed?")
+    status, _, similarity, _, verdict = ask(proxy, f"Context: {CONTEXT}\n\nQuestion: Which war did the treaty end?")
+    assert status == "MISS" and verdict == "shared-context"
+    assert float(similarity) > 0.99  # the whole texts look the same to the embedding
+    para = ask(proxy, f"Context: {CONTEXT}\n\nQuestion: When was the treaty signed ?")
+    assert para[:2] == ("HIT", "L3") and para[3] == seed[3], para
+
+
 def test_second_process_gets_l2_and_l3_hits_and_a_restart_rebuilds_the_index(make_proxy, backend_url, embedder,
                                                                                 redis_url):
     kw = dict(embedder=embedder, semantic=SEMANTIC_ON, redis={"url": redis_url})

@@ -1,0 +1,121 @@
+"""False hits when requests share text: labelled pairs wrapped in a template or behind context.
+
+    python -m bench.shared_context [--pairs PATH] [--limit 600] [--threshold 0.944]
+                                   [--out out/shared_context.json]
+
+Apps rarely send a bare question: they wrap it in a template, or put retrieved context
+before it. Each labelled pair (question1 cached, question2 asked; same meaning or not) is
+wrapped with the same shared text on both sides, in three layouts:
+
+* context  "Context: <shared>\\n\\nQuestion: <q>"   (retrieval-augmented prompts)
+* inline   "<shared> <q>"                           (a template without line breaks)
+* suffix   "<q>\\n\\n<shared>"                         (instructions after the question)
+
+The shared text is other questions of the same file, about N tokens of it (N = 0 is the
+bare pair). A pair is served when the whole texts' cosine reaches --threshold and
+`policies.verification` passes: "without the check", as a plain semantic cache would; and
+"with the check" when in addition the parts that differ (`policies.shared_context`) reach
+the threshold, as the proxy's L3 does. Embeddings come from the engine the proxy uses.
+Prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from bench.datasets import load_pairs
+from bench.precision import DEFAULT_PAIRS, Embeddings
+from policies.shared_context import differing_parts
+from policies.verification import verify
+
+LAYOUTS = {
+    "context": lambda shared, q: f"Context: {shared}\n\nQuestion: {q}",
+    "inline": lambda shared, q: f"{shared} {q}",
+    "suffix": lambda shared, q: f"{q}\n\n{shared}",
+}
+SIZES = {"context": (0, 16, 64, 192), "inline": (16, 64), "suffix": (16, 64)}
+
+
+def shared_text(pool: list[str], tokens: int, count, rng: random.Random) -> str:
+    parts: list[str] = []
+    n = 0
+    while n < tokens:
+        q = rng.choice(pool)
+        parts.append(q)
+        n += count(q)
+    return " ".join(parts)
+
+
+def run(pairs_path: Path, limit: int, threshold: float, engine: str, seed: int = 1) -> dict:
+    pairs = load_pairs(pairs_path)
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    measured, pool = pairs[:limit], [p.a for p in pairs[limit:limit + 2000]]
+    emb = Embeddings(engine)
+    tokenizer = getattr(emb.backend, "_tokenizer", None)
+    count = (lambda t: len(tokenizer.encode(t).ids) - 2) if tokenizer is not None else (lambda t: len(t.split()))
+    rows = []
+    for layout, wrap in LAYOUTS.items():
+        for tokens in SIZES[layout]:
+            r = random.Random(f"{layout}{tokens}")
+            cached, asked = [], []
+            for p in measured:
+                shared = shared_text(pool, tokens, count, r) if tokens else ""
+                cached.append(wrap(shared, p.a) if tokens else p.a)
+                asked.append(wrap(shared, p.b) if tokens else p.b)
+            ea, eb = emb.encode(cached), emb.encode(asked)
+            sims = (ea * eb).sum(1)
+            tally = {0: [0, 0, 0], 1: [0, 0, 0]}  # label -> [pairs, served without, served with]
+            checked = 0
+            for c, q, s, p in zip(cached, asked, sims, measured):
+                t = tally[p.label]
+                t[0] += 1
+                if s < threshold or not verify(q, c).ok:
+                    continue
+                t[1] += 1
+                parts = differing_parts(q, c)
+                if parts is None:
+                    t[2] += 1
+                    continue
+                checked += 1
+                pa, pb = emb.encode(list(parts))
+                t[2] += float(pa @ pb) >= threshold
+            rows.append({
+                "layout": layout, "shared_tokens": tokens, "pairs": len(measured), "checked": checked,
+                "fhr_without": tally[0][1] / max(1, tally[0][0]), "hit_without": tally[1][1] / max(1, tally[1][0]),
+                "fhr_with": tally[0][2] / max(1, tally[0][0]), "hit_with": tally[1][2] / max(1, tally[1][0]),
+            })
+    return {"pairs": str(pairs_path), "engine": emb.engine, "threshold": threshold, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
+    ap.add_argument("--limit", type=int, default=600, help="pairs measured")
+    ap.add_argument("--threshold", type=float, default=0.944, help="as semantic.threshold")
+    ap.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto")
+    ap.add_argument("--out", type=Path, default=Path("out/shared_context.json"))
+    a = ap.parse_args(argv)
+    if not a.pairs.exists():
+        print(f"no pairs file at {a.pairs}: pass --pairs", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    res = run(a.pairs, a.limit, a.threshold, a.engine)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2))
+    print(f"threshold {a.threshold}, engine {res['engine']}, {res['rows'][0]['pairs']} pairs\n")
+    print("| layout | shared tokens | FHR without check | hit without | FHR with check | hit with |")
+    print("|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['layout']} | {r['shared_tokens']} | {r['fhr_without']:.2%} | {r['hit_without']:.2%} | "
+              f"{r['fhr_with']:.2%} | {r['hit_with']:.2%} |")
+    print(f"\nrun time {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
