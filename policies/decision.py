@@ -5,7 +5,7 @@ match semantically, with which keys, TTL, grace and threshold.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from policies.cache_control import CacheControl
 from policies.cacheability import CacheabilityPolicy, bypass_reason, semantic_allowed
@@ -40,9 +40,15 @@ def parse_tags(value: str | None) -> tuple[str, ...]:
 
 
 def decide(*, route: str, body: dict, tenant: str, namespace: str, cc: CacheControl, tags: tuple[str, ...],
-           resolved: Resolved, cacheability: CacheabilityPolicy, semantic_enabled: bool) -> Decision:
+           resolved: Resolved, cacheability: CacheabilityPolicy, semantic_enabled: bool,
+           max_semantic_chars: int) -> Decision:
+    """`max_semantic_chars`: a longer last user turn has no semantic form (L3 neither reads
+    nor stores it): the embedding sees only its first few hundred tokens, and checking a
+    candidate against it costs event-loop time in proportion to its length."""
     model = body.get("model") if isinstance(body.get("model"), str) else ""
     keys = request_keys(tenant=tenant, namespace=namespace, route=route, body=body)
+    if keys.semantic_text is not None and len(keys.semantic_text) > max_semantic_chars:
+        keys = replace(keys, semantic_text=None)
     bypass = "no-store" if cc.no_store else bypass_reason(body, cacheability)
     if bypass is None and not resolved.cache:
         bypass = "rule"

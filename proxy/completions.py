@@ -97,7 +97,8 @@ def _decision(request: Request, route: str, raw: bytes, svc: Services, base_head
     return decide(route=route, body=body, tenant=svc.tenant_of(hdrs), namespace=namespace,
                   cc=parse_cache_control(hdrs.get("cache-control")), tags=parse_tags(hdrs.get("x-cache-tags")),
                   resolved=svc.resolve(body.get("model", ""), route, namespace),
-                  cacheability=svc.settings.cacheability, semantic_enabled=svc.cache.semantic is not None)
+                  cacheability=svc.settings.cacheability, semantic_enabled=svc.cache.semantic is not None,
+                  max_semantic_chars=svc.settings.semantic.max_text_chars)
 
 
 async def _handle(request: Request, route: str, svc: Services, rid: str) -> tuple[Response, str, str, Decision | None]:

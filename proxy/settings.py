@@ -74,6 +74,9 @@ class SemanticSettings(_Section):
     shared_context_check: bool = Field(default=True, description=(
         "when the texts share segments (a template, retrieved context), serve only if the parts "
         "that differ also reach the threshold"))
+    max_text_chars: int = Field(default=8192, ge=1, description=(
+        "a longer last user turn is cached by the exact layers only (the embedding reads its first "
+        "256 tokens; the checks cost ~1 ms of event loop per KB)"))
     k: int = Field(default=4, ge=1, le=64)
     near_miss_band: float = Field(default=0.05, ge=0, le=1)
     embedder: EmbedderSettings = EmbedderSettings()

@@ -121,3 +121,19 @@ def test_cacheability_defaults_and_switches():
     assert not semantic_allowed(chat("q", tools=[{"type": "function"}]), p)
     assert not semantic_allowed(chat("q", n=2), p)
     assert not semantic_allowed(chat("q", logprobs=True), p)
+
+
+def test_a_last_turn_over_the_semantic_limit_has_no_semantic_form():
+    from policies.cache_control import CacheControl
+    from policies.decision import decide
+    from policies.rules import Resolved
+
+    def decision(text):
+        return decide(route="chat", body=chat(text), tenant="t", namespace="", cc=CacheControl(), tags=(),
+                      resolved=Resolved(ttl_s=60, grace_s=0, threshold=0.9, cache=True),
+                      cacheability=CacheabilityPolicy(), semantic_enabled=True, max_semantic_chars=20)
+
+    short, long = decision("x" * 20), decision("x" * 21)
+    assert short.semantic and short.keys.semantic_text == "x" * 20
+    assert not long.semantic and long.keys.semantic_text is None  # neither read from nor stored in L3
+    assert long.read and long.write and long.keys.partition == keys(chat("y")).partition  # exact layers as ever
