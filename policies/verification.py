@@ -198,6 +198,12 @@ _POLARITY_PAIRS: tuple[tuple[str, str], ...] = (
     ("hire", "fire"), ("join", "leave"), ("mount", "unmount"), ("lock", "unlock"),
     ("charge", "refund"), ("accept", "decline"), ("approve", "disapprove"),
     ("hardest", "easiest"), ("hard difficult", "easy"),
+    ("long lengthy", "short brief"), ("ascending", "descending"), ("horizontal horizontally", "vertical vertically"),
+    ("beginner novice", "expert advanced"), ("big large huge", "small little tiny"), ("left", "right"),
+    ("top", "bottom"), ("uppercase", "lowercase"), ("compress", "decompress"), ("encode", "decode"),
+    ("serialize serialise", "deserialize deserialise"), ("synchronous sync", "asynchronous async"),
+    ("odd", "even"), ("forward forwards", "backward backwards"), ("thin", "thick"), ("narrow", "wide"),
+    ("inhale", "exhale"), ("prefix", "suffix"),
 )
 
 # Opposite comparatives and superlatives.

@@ -24,6 +24,10 @@ VETOES = [
     ("polarity", "Is it legal to fly a drone in parks?", "Is it illegal to fly a drone in parks?"),
     ("polarity", "What is a normal blood sugar for a male?", "What is a normal blood sugar for a female?"),
     ("polarity", "How do I enable dark mode?", "How do I disable dark mode?"),
+    ("polarity", "Write a short poem about the sea", "Write a long poem about the sea"),
+    ("polarity", "Sort the list in ascending order", "Sort the list in descending order"),
+    ("polarity", "How to center a div horizontally?", "How to center a div vertically?"),
+    ("polarity", "Recommend a book for beginners in statistics", "Recommend a book for experts in statistics"),
     # numbers: digits, words, amounts, units of the same figure
     ("number", "Can I get a refund within 14 days?", "Can I get a refund within 28 days?"),
     ("number", "Is 20 mg of zinc too much?", "Is 40 mg of zinc too much?"),
