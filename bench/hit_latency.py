@@ -92,7 +92,7 @@ SEEDS = ["How do I reset my router to factory settings?", "What is the capital o
          "What is the main ingredient of guacamole?", "How do bees make honey?"]
 FRAMES = ["Quick question: {q}", "Can you tell me: {q}", "I was wondering, {l}", "{q} Thanks!",
           "Please answer this: {q}", "Hey, {l}", "{q} I'd like to know.", "Could you explain: {q}",
-          "Tell me please: {q}", "My question is: {q}", "{q} Please be brief.", "So, {l}", "Help me out: {q}",
+          "Tell me please: {q}", "My question is: {q}", "{q} Cheers.", "So, {l}", "Help me out: {q}",
           "Honest question: {q}", "Do you know {l}"]
 
 

@@ -12,7 +12,9 @@ wrapped with the same shared text on both sides, in three layouts:
 * suffix   "<q>\\n\\n<shared>"                         (instructions after the question)
 
 The shared text is other questions of the same file, about N tokens of it (N = 0 is the
-bare pair). A pair is served when the whole texts' cosine reaches --threshold and
+bare pair). A second table asks each cached question again with one segment added: an
+instruction that changes the answer ("Answer in French.", "Reply in JSON.": serving is
+wrong) or a filler ("Thanks!", "Quick question:": serving is right). A pair is served when the whole texts' cosine reaches --threshold and
 `policies.verification` passes: "without the check", as a plain semantic cache would; and
 "with the check" when in addition the parts that differ (`policies.shared_context`) reach
 the threshold, as the proxy's L3 does. Embeddings come from the engine the proxy uses.
@@ -38,6 +40,12 @@ LAYOUTS = {
     "suffix": lambda shared, q: f"{q}\n\n{shared}",
 }
 SIZES = {"context": (0, 16, 64, 192), "inline": (16, 64), "suffix": (16, 64)}
+
+
+INSTRUCTIONS = ["Answer in French.", "Be brief.", "Explain in great detail.", "Give me three examples.",
+                "Answer with yes or no only.", "Write it as a poem.", "Use bullet points.", "Reply in JSON.",
+                "Explain it to a child.", "Include sources."]
+FILLERS = ["Thanks!", "Quick question:", "Please help.", "Hi!", "Thank you in advance.", "Hey there,"]
 
 
 def shared_text(pool: list[str], tokens: int, count, rng: random.Random) -> str:
@@ -89,7 +97,39 @@ def run(pairs_path: Path, limit: int, threshold: float, engine: str, seed: int =
                 "fhr_without": tally[0][1] / max(1, tally[0][0]), "hit_without": tally[1][1] / max(1, tally[1][0]),
                 "fhr_with": tally[0][2] / max(1, tally[0][0]), "hit_with": tally[1][2] / max(1, tally[1][0]),
             })
-    return {"pairs": str(pairs_path), "engine": emb.engine, "threshold": threshold, "rows": rows}
+    return {"pairs": str(pairs_path), "engine": emb.engine, "threshold": threshold, "rows": rows,
+            "additions": additions(measured[:100], pool, count, emb, threshold)}
+
+
+def served(emb, query: str, cached: str, threshold: float) -> tuple[bool, bool]:
+    """(served without the check, served with it)."""
+    a, b = emb.encode([cached, query])
+    if float(a @ b) < threshold or not verify(query, cached).ok:
+        return False, False
+    parts = differing_parts(query, cached)
+    if parts is None:
+        return True, True
+    pa, pb = emb.encode(list(parts))
+    return True, float(pa @ pb) >= threshold
+
+
+def additions(pairs, pool: list[str], count, emb, threshold: float) -> list[dict]:
+    rows = []
+    for tokens in (0, 64):
+        r = random.Random(f"additions{tokens}")
+        tally = {"instruction": [0, 0, 0], "filler": [0, 0, 0]}
+        for p in pairs:
+            base = f"{shared_text(pool, tokens, count, r)} {p.a}" if tokens else p.a
+            asked = [("instruction", f"{base} {x}") for x in INSTRUCTIONS]
+            asked += [("filler", f"{x} {base}" if x[-1] in ":," else f"{base} {x}") for x in FILLERS]
+            for kind, query in asked:
+                without, with_check = served(emb, query, base, threshold)
+                t = tally[kind]
+                t[0], t[1], t[2] = t[0] + 1, t[1] + without, t[2] + with_check
+        for kind, (n, without, with_check) in tally.items():
+            rows.append({"added": kind, "shared_tokens": tokens, "asked": n,
+                         "served_without": without / max(1, n), "served_with": with_check / max(1, n)})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["rows"]:
         print(f"| {r['layout']} | {r['shared_tokens']} | {r['fhr_without']:.2%} | {r['hit_without']:.2%} | "
               f"{r['fhr_with']:.2%} | {r['hit_with']:.2%} |")
+    print("\n| one segment added | shared tokens | served without check | served with check |")
+    print("|---|---|---|---|")
+    for r in res["additions"]:
+        right = "wrong" if r["added"] == "instruction" else "right"
+        print(f"| {r['added']} (serving is {right}) | {r['shared_tokens']} | {r['served_without']:.1%} | "
+              f"{r['served_with']:.1%} |")
     print(f"\nrun time {time.monotonic() - t0:.0f} s")
     return 0
 

@@ -9,12 +9,19 @@ serves 0.5% of different questions serves 13%; with 64 tokens, 30%. Past the mod
 maximum length (256 tokens for all-MiniLM-L6-v2) the question is cut off altogether
 and two different questions embed to the same vector.
 
+The same holds for a segment on one side only: "<question> Answer in French." is within
+the threshold of "<question>" for nearly half of QQP's questions, and for more behind
+context.
+
 `differing_parts(query, cached)` splits both texts into segments (lines, sentences,
 "Label:" prefixes), sets aside the segments they have in common (a longest-matching
-diff, in order), and returns what remains of each. The semantic stage then requires the
-remainders to be as similar as the whole texts must be: the similarity that counts is
-that of the parts that differ. None when no segment is shared (the whole texts are
-already the differing parts) or when the texts are the same segments.
+diff, in order) and the differing segments that are only fillers (greetings, thanks,
+"Quick question:", "Can you tell me:"), and returns what remains of each. The semantic
+stage then requires the remainders to be as similar as the whole texts must be: the
+similarity that counts is that of the parts that differ, and a part with nothing to
+compare with (an instruction on one side only) is not similar. None when no segment
+other than fillers is shared (the whole texts are already the differing parts) or when
+nothing but fillers differs.
 """
 from __future__ import annotations
 
@@ -25,6 +32,23 @@ __all__ = ["differing_parts", "segments"]
 
 # A segment ends at a line break, or at sentence or clause punctuation followed by space.
 _BOUNDARY = re.compile(r"(?<=[.!?;:\u3002\uff01\uff1f])\s+|\s*\n\s*")
+
+
+# Words of greetings, thanks and question preambles: a segment of these alone changes no answer.
+_FILLER_WORDS = frozenset("""
+hi hello hey heya hiya yo greetings dear there all everyone everybody folks guys team
+thanks thank thx ty tysm cheers regards best wishes appreciate appreciated advance much many lot so very in
+please pls plz kindly ok okay well so just also um uh hmm oh
+quick honest honestly simple real seriously genuine question questions query ask asking asked
+wondering wonder wondered curious know knowing like love would could can will you your me my i i'd i'm im
+is it this that was be a an the of to for out help here is are
+tell answer explain say let's let
+""".split())
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
+
+
+def _is_filler(segment: str) -> bool:
+    return all(w in _FILLER_WORDS for w in _WORD.findall(segment.casefold()))
 
 
 def segments(text: str) -> list[str]:
@@ -44,10 +68,10 @@ def differing_parts(query: str, cached: str) -> tuple[str, str] | None:
     shared = False
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
-            shared = True
+            shared = shared or not all(_is_filler(seg) for seg in q[i1:i2])
         else:
-            q_rest.extend(q[i1:i2])
-            c_rest.extend(c[j1:j2])
+            q_rest.extend(seg for seg in q[i1:i2] if not _is_filler(seg))
+            c_rest.extend(seg for seg in c[j1:j2] if not _is_filler(seg))
     if not shared or (not q_rest and not c_rest):
         return None
     return " ".join(q_rest), " ".join(c_rest)

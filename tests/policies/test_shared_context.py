@@ -41,3 +41,20 @@ def test_a_segment_on_one_side_only_is_its_differing_part():
 
 def test_the_same_segments_have_no_differing_part():
     assert differing_parts("Hello there. How are you?", "hello there.\nHow are you?") is None
+
+
+def test_fillers_are_not_differences():
+    q = "What is the capital of Australia?"
+    for framed in (f"Quick question: {q}", f"{q} Thanks!", f"Can you tell me: {q}", f"Hi there!\n{q}",
+                   f"{q} I'd like to know. 🙏"):
+        assert differing_parts(framed, q) is None, framed
+    assert differing_parts(f"Quick question: {q}", f"Honest question: {q}") is None
+    # shared fillers alone are no shared context: the whole texts are compared as they are
+    assert differing_parts("Hi! How do I bake bread?", "Hi! How do I fix a bike?") is None
+
+
+def test_an_instruction_on_one_side_only_is_a_difference():
+    q = "What is the capital of Australia?"
+    assert differing_parts(f"{q} Answer in French.", q) == ("Answer in French.", "")
+    assert differing_parts(q, f"{q}\nPlease be brief.") == ("", "Please be brief.")
+    assert differing_parts(f"Thanks! {q} Reply in JSON.", f"{q} Cheers.") == ("Reply in JSON.", "")
