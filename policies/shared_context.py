@@ -5,13 +5,13 @@ their vectors together whatever else they say. Apps wrap the user's question in 
 template or put retrieved context before it ("Context: ...\\n\\nQuestion: When was the
 treaty signed?"), and there a different question moves the vector very little: with
 16 tokens of shared context around labelled QQP pairs, the cosine threshold that
-serves 0.5% of different questions serves 13%; with 64 tokens, 30%. Past the model's
+serves 0.5% of different questions serves 13%; with 64 tokens, 33%. Past the model's
 maximum length (256 tokens for all-MiniLM-L6-v2) the question is cut off altogether
-and two different questions embed to the same vector.
+and two different questions embed to the same vector (`python -m bench.shared_context`).
 
-The same holds for a segment on one side only: "<question> Answer in French." is within
-the threshold of "<question>" for nearly half of QQP's questions, and for more behind
-context.
+The same holds for a segment on one side only: a QQP question with an instruction added
+("Answer in French.", "Reply in JSON.") is within the threshold of the bare question a
+third of the time, and 71% of the time behind 64 tokens of context.
 
 `differing_parts(query, cached)` splits both texts into segments (lines, sentences,
 "Label:" prefixes), sets aside the segments they have in common (a longest-matching
@@ -37,11 +37,11 @@ _BOUNDARY = re.compile(r"(?<=[.!?;:\u3002\uff01\uff1f])\s+|\s*\n\s*")
 # Words of greetings, thanks and question preambles: a segment of these alone changes no answer.
 _FILLER_WORDS = frozenset("""
 hi hello hey heya hiya yo greetings dear there all everyone everybody folks guys team
-thanks thank thx ty tysm cheers regards best wishes appreciate appreciated advance much many lot so very in
+thanks thank thx ty tysm cheers regards best wishes appreciate appreciated advance much many lot very in
 please pls plz kindly ok okay well so just also um uh hmm oh
 quick honest honestly simple real seriously genuine question questions query ask asking asked
 wondering wonder wondered curious know knowing like love would could can will you your me my i i'd i'm im
-is it this that was be a an the of to for out help here is are
+is it this that was be a an the of to for out help here are
 tell answer explain say let's let
 """.split())
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
@@ -60,7 +60,8 @@ def _norm(segment: str) -> str:
 
 
 def differing_parts(query: str, cached: str) -> tuple[str, str] | None:
-    """(query's differing part, cached's differing part), or None when nothing is shared."""
+    """(query's differing part, cached's differing part); None when the texts share no
+    segment but fillers, or differ in nothing but fillers."""
     q, c = segments(query), segments(cached)
     matcher = SequenceMatcher(None, [_norm(s) for s in q], [_norm(s) for s in c], autojunk=False)
     q_rest: list[str] = []
