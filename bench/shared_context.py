@@ -10,6 +10,7 @@ wrapped with the same shared text on both sides, in three layouts:
 * context  "Context: <shared>\\n\\nQuestion: <q>"   (retrieval-augmented prompts)
 * inline   "<shared> <q>"                           (a template without line breaks)
 * suffix   "<q>\\n\\n<shared>"                         (instructions after the question)
+* run-in   "<shared, punctuation removed> <q>"      (a template with no sentence boundary)
 
 The shared text is other questions of the same file, about N tokens of it (N = 0 is the
 bare pair). A second table asks each cached question again with one segment added: an
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,8 +40,9 @@ LAYOUTS = {
     "context": lambda shared, q: f"Context: {shared}\n\nQuestion: {q}",
     "inline": lambda shared, q: f"{shared} {q}",
     "suffix": lambda shared, q: f"{q}\n\n{shared}",
+    "run-in": lambda shared, q: f"{re.sub(r'[.!?:;]', '', shared)} {q}",
 }
-SIZES = {"context": (0, 16, 64, 192), "inline": (16, 64), "suffix": (16, 64)}
+SIZES = {"context": (0, 16, 64, 192), "inline": (16, 64), "suffix": (16, 64), "run-in": (16, 64)}
 
 
 INSTRUCTIONS = ["Answer in French.", "Be brief.", "Explain in great detail.", "Give me three examples.",

@@ -16,7 +16,9 @@ third of the time, and 71% of the time behind 64 tokens of context.
 `differing_parts(query, cached)` splits both texts into segments (lines, sentences,
 "Label:" prefixes), sets aside the segments they have in common (a longest-matching
 diff, in order) and the differing segments that are only fillers (greetings, thanks,
-"Quick question:", "Can you tell me:"), and returns what remains of each. The semantic
+"Quick question:", "Can you tell me:"), and returns what remains of each. Where no
+segment is shared, a long common beginning and end of words (a template run into the
+question without punctuation) is set aside instead, all but a few words of it. The semantic
 stage then requires the remainders to be as similar as the whole texts must be: the
 similarity that counts is that of the parts that differ, and a part with nothing to
 compare with (an instruction on one side only) is not similar. None when no segment
@@ -47,6 +49,14 @@ tell answer explain say let's let
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 
+SHARED_WORDS = 12
+"""Shared words (a common beginning and end) that make text without segment boundaries
+shared context. QQP's question pairs never share this many; templates do."""
+WINDOW = 2
+"""Shared words kept beside the differing words: none loses reworded paraphrases ("learn
+Python quickly" / "fast"), more lets the shared text back in."""
+
+
 def _is_filler(segment: str) -> bool:
     return all(w in _FILLER_WORDS for w in _WORD.findall(segment.casefold()))
 
@@ -60,8 +70,8 @@ def _norm(segment: str) -> str:
 
 
 def differing_parts(query: str, cached: str) -> tuple[str, str] | None:
-    """(query's differing part, cached's differing part); None when the texts share no
-    segment but fillers, or differ in nothing but fillers."""
+    """(query's differing part, cached's differing part); None when the texts share nothing
+    but fillers (and fewer than SHARED_WORDS words at their ends), or differ in nothing but fillers."""
     q, c = segments(query), segments(cached)
     matcher = SequenceMatcher(None, [_norm(s) for s in q], [_norm(s) for s in c], autojunk=False)
     q_rest: list[str] = []
@@ -73,6 +83,27 @@ def differing_parts(query: str, cached: str) -> tuple[str, str] | None:
         else:
             q_rest.extend(seg for seg in q[i1:i2] if not _is_filler(seg))
             c_rest.extend(seg for seg in c[j1:j2] if not _is_filler(seg))
-    if not shared or (not q_rest and not c_rest):
+    if not q_rest and not c_rest:
         return None
-    return " ".join(q_rest), " ".join(c_rest)
+    if shared:
+        return " ".join(q_rest), " ".join(c_rest)
+    return _differing_words(" ".join(q_rest), " ".join(c_rest))
+
+
+def _differing_words(query: str, cached: str) -> tuple[str, str] | None:
+    """Text shared without a segment boundary (a template run into the question): the words
+    between a common beginning and end of at least SHARED_WORDS words in all, with WINDOW
+    shared words kept on each side so that a reworded tail still reads as a phrase."""
+    a, b = query.split(), cached.split()
+    fa, fb = [w.casefold() for w in a], [w.casefold() for w in b]
+    shortest = min(len(a), len(b))
+    head = 0
+    while head < shortest and fa[head] == fb[head]:
+        head += 1
+    tail = 0
+    while tail < shortest - head and fa[-1 - tail] == fb[-1 - tail]:
+        tail += 1
+    if head + tail < SHARED_WORDS or _is_filler(" ".join(a[head:len(a) - tail] + b[head:len(b) - tail])):
+        return None  # too little shared, or what differs are fillers (or nothing: the same words)
+    start, keep = max(0, head - WINDOW), min(tail, WINDOW)
+    return " ".join(a[start:len(a) - tail + keep]), " ".join(b[start:len(b) - tail + keep])

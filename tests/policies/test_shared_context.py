@@ -58,3 +58,18 @@ def test_an_instruction_on_one_side_only_is_a_difference():
     assert differing_parts(f"{q} Answer in French.", q) == ("Answer in French.", "")
     assert differing_parts(q, f"{q}\nPlease be brief.") == ("", "Please be brief.")
     assert differing_parts(f"Thanks! {q} Reply in JSON.", f"{q} Cheers.") == ("Reply in JSON.", "")
+
+
+TEMPLATE = "You are the support assistant of Acme Bank and you answer customers politely and briefly the customer asks"
+
+
+def test_a_template_run_into_the_question_is_set_aside_but_for_a_few_words():
+    assert differing_parts(f"{TEMPLATE} how do I reset my password", f"{TEMPLATE} how can I change my PIN") == (
+        "asks how do I reset my password", "asks how can I change my PIN")
+    # fillers run in, or the same words in other case, are no difference
+    assert differing_parts(f"Hey there, {TEMPLATE} how do I reset my password",
+                           f"{TEMPLATE} how do I reset my password") is None
+    assert differing_parts(f"{TEMPLATE} how do I reset my password", f"{TEMPLATE} How do I reset my password") is None
+    # questions that merely begin alike share too few words to count as a template
+    assert differing_parts("What is the best way to learn Python quickly?",
+                           "What is the best way to learn Python fast?") is None
