@@ -21,9 +21,9 @@ segment is shared, a long common beginning and end of words (a template run into
 question without punctuation) is set aside instead, all but a few words of it. The semantic
 stage then requires the remainders to be as similar as the whole texts must be: the
 similarity that counts is that of the parts that differ, and a part with nothing to
-compare with (an instruction on one side only) is not similar. None when no segment
-other than fillers is shared (the whole texts are already the differing parts) or when
-nothing but fillers differs.
+compare with (an instruction on one side only) is not similar. None when the texts share
+nothing that counts (the whole texts are already the differing parts) or differ in nothing
+but fillers.
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 SHARED_WORDS = 12
 """Shared words (a common beginning and end) that make text without segment boundaries
-shared context. QQP's question pairs never share this many; templates do."""
+shared context: templates share this many, questions rarely (on QQP's pairs 12 changes no
+decision; 8 lost 0.4-0.9 points of hits)."""
 WINDOW = 2
 """Shared words kept beside the differing words: none loses reworded paraphrases ("learn
 Python quickly" / "fast"), more lets the shared text back in."""
