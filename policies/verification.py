@@ -21,6 +21,11 @@ Reasons, in the order they are checked:
                  base (cheapest vs cheap)
     direction    the same two things swapped around from/to/than/into
                  ("from savings to checking" vs "from checking to savings")
+    order        the same words with two of them exchanged around one to three others
+                 ("Why did Germany invade Poland?" vs "Why did Poland invade Germany?"),
+                 unless the text asks about a symmetric relation (difference, between,
+                 compare, similar) or one of the two is a gradable adjective moved by a
+                 question's inversion ("How common is X?" vs "Is X common?")
     ok           nothing found: the candidate may be served
 
 A feature counts only when it *differs*: word order, casing, punctuation, contractions,
@@ -40,7 +45,7 @@ __all__ = ["Verdict", "verify", "REASONS"]
 
 REASONS = (
     "ok", "negation", "polarity", "identifier", "date", "number", "unit", "entity",
-    "quantifier", "comparative", "direction", "question",
+    "quantifier", "comparative", "direction", "order", "question",
 )
 
 
@@ -204,6 +209,13 @@ _POLARITY_PAIRS: tuple[tuple[str, str], ...] = (
     ("serialize serialise", "deserialize deserialise"), ("synchronous sync", "asynchronous async"),
     ("odd", "even"), ("forward forwards", "backward backwards"), ("thin", "thick"), ("narrow", "wide"),
     ("inhale", "exhale"), ("prefix", "suffix"),
+    # the two sides of a relation: "Who was the father of X?" asks for another person than "the son of X"
+    ("parent parents father mother dad mom mum ancestor ancestors", "child children son daughter kid kids descendant descendants"),
+    ("teacher teachers professor", "student students pupil pupils"), ("doctor doctors physician", "patient patients"),
+    ("employer employers boss", "employee employees"), ("landlord landlords", "tenant tenants"),
+    ("predator predators", "prey"), ("host hosts", "guest guests"), ("sender", "recipient receiver"),
+    ("lender lenders creditor creditors", "borrower borrowers debtor debtors"), ("winner winners", "loser losers"),
+    ("cause causes", "effect effects consequence consequences"),
 )
 
 # Opposite comparatives and superlatives.
@@ -681,7 +693,8 @@ def _features(text: str) -> _Features:
             j = idx + 1
             while j < n and lower[j] in _DETERMINERS:
                 j += 1
-            if j < n and lower[j] not in _STOP and lower[j][:1].isalnum():
+            if j < n and lower[j] not in _STOP and lower[j][:1].isalnum() and (
+                    j + 1 == n or lower[j + 1] not in ("or", "and")):  # "better to rent or buy": no direction
                 direction.append((t, lower[j]))
 
     words = set(lower)
@@ -890,13 +903,48 @@ def _comparative_difference(fa: _Features, fb: _Features) -> bool:
 
 def _direction_swapped(fa: _Features, fb: _Features) -> bool:
     da, db = set(fa.direction), set(fb.direction)
-    if da == db:
+    if da == db or (fa.words | fb.words) & _SYMMETRIC_CUES:  # "similar to", "compared to": either way round
         return False
     for cue, arg in da - db:
         for cue_b, arg_b in db - da:
             if cue_b == cue and arg_b != arg and arg_b in fa.words and arg in fb.words:
                 return True
     return False
+
+
+# A text asking about a symmetric relation: its two sides can be swapped freely.
+_SYMMETRIC_CUES = frozenset("""
+difference differences differ differs between compare compared comparing comparison versus vs similar
+similarity similarities same alike equal equivalent
+""".split())
+_ORDER_SKIP = _STOP | _SYMMETRIC_CUES
+
+
+def _content_words(f: _Features) -> list[str]:
+    """The words that carry content, in order, plurals folded."""
+    return [w[:-1] if w.endswith("s") and len(w) > 3 and not w.endswith("ss") else w
+            for w in f.word_seq if w not in _ORDER_SKIP]
+
+
+def _roles_swapped(fa: _Features, fb: _Features) -> bool:
+    """The same content words, where the only difference is two single words exchanged
+    around one to three others: A x M y B against A y M x B ("dog chases cat" against
+    "cat chases dog"). A phrase moved to the front or the back ("In Python, how do I ...?"
+    against "How do I ... in Python?") has nothing between the exchanged parts, and longer
+    parts ("water's boiling point" against "boiling point of water") are not single words,
+    so neither counts."""
+    if (fa.words | fb.words) & _SYMMETRIC_CUES:
+        return False
+    ca, cb = _content_words(fa), _content_words(fb)
+    if ca == cb or len(ca) != len(cb) or sorted(ca) != sorted(cb):
+        return False
+    diff = [i for i in range(len(ca)) if ca[i] != cb[i]]
+    first, last = diff[0], diff[-1]
+    if not 2 <= last - first <= 4:
+        return False
+    x, y = ca[first], ca[last]
+    return (cb[first] == y and cb[last] == x and ca[first + 1:last] == cb[first + 1:last]
+            and x not in _DEGREE and y not in _DEGREE)
 
 
 _ROMAN = re.compile(r"^(?=[IVX]{2,}$)X{0,3}(IX|IV|V?I{0,3})$")
@@ -970,6 +1018,8 @@ def verify(query: str, cached: str) -> Verdict:
         return Verdict(False, "comparative")
     if _direction_swapped(fa, fb):
         return Verdict(False, "direction")
+    if _roles_swapped(fa, fb):
+        return Verdict(False, "order")
     qa, qb = _question_words(query), _question_words(cached)
     if qa and qb and not qa & qb:
         return Verdict(False, "question")

@@ -69,6 +69,15 @@ VETOES = [
     ("direction", "How do I move money from savings to checking?", "How do I move money from checking to savings?"),
     ("direction", "How do I convert pounds to kilograms?", "How do I convert kilograms to pounds?"),
     ("direction", "Why is Rust faster than Go?", "Why is Go faster than Rust?"),
+    # order: the same words, two of them exchanged around a verb
+    ("order", "Why did Germany invade Poland?", "Why did Poland invade Germany?"),
+    ("order", "Does a dog chase a cat?", "Does a cat chase a dog?"),
+    ("order", "Can a landlord evict a tenant without notice?", "Can a tenant evict a landlord without notice?"),
+    ("order", "Do Indian women find Pakistani men attractive?", "Do Pakistani women find Indian men attractive?"),
+    # the two sides of a relation
+    ("polarity", "Who was the father of Alexander the Great?", "Who was the son of Alexander the Great?"),
+    ("polarity", "How do I email my landlord about a repair?", "How do I email my tenant about a repair?"),
+    ("polarity", "What are the causes of inflation?", "What are the effects of inflation?"),
 ]
 
 PARAPHRASES = [
@@ -97,6 +106,15 @@ PARAPHRASES = [
     ("How much water should I drink in a day?", "How much water should I drink in 1 day?"),
     ("What are some good books on investing?", "What are good books about investing?"),
     ("Why is the U.S. dollar so strong?", "Why is the US dollar so strong?"),
+    # exchanged words that do not change the question
+    ("What is the difference between a crocodile and an alligator?",
+     "What is the difference between an alligator and a crocodile?"),
+    ("What is the difference between real gas and ideal gas?", "What is the difference between an ideal gas and a real gas?"),
+    ("Is it better to rent or buy a house?", "Is it better to buy or rent a house?"),
+    ("In Python, how do I reverse a list?", "How do I reverse a list in Python?"),
+    ("At sea level, what is water's boiling point?", "What is the boiling point of water at sea level?"),
+    ("How common is prison rape?", "Is rape in prison common?"),
+    ("Are cats similar to dogs as pets?", "Are dogs similar to cats as pets?"),
 ]
 
 
