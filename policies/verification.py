@@ -920,31 +920,48 @@ similarity similarities same alike equal equivalent
 _ORDER_SKIP = _STOP | _SYMMETRIC_CUES
 
 
-def _content_words(f: _Features) -> list[str]:
-    """The words that carry content, in order, plurals folded."""
-    return [w[:-1] if w.endswith("s") and len(w) > 3 and not w.endswith("ss") else w
-            for w in f.word_seq if w not in _ORDER_SKIP]
+# Words that make "x LINK y" one-way when x and y trade places ("ounces in a pound").
+_ONE_WAY_LINKS = frozenset("in of for on at by to from into onto per over under inside within than against".split())
+_TWO_WAY_LINKS = frozenset("and or nor vs versus".split())
+
+
+def _content_words(f: _Features) -> list[tuple[int, str]]:
+    """(position in word_seq, word) of the words that carry content, plurals folded."""
+    return [(i, w[:-1] if w.endswith("s") and len(w) > 3 and not w.endswith("ss") else w)
+            for i, w in enumerate(f.word_seq) if w not in _ORDER_SKIP]
 
 
 def _roles_swapped(fa: _Features, fb: _Features) -> bool:
-    """The same content words, where the only difference is two single words exchanged
-    around one to three others: A x M y B against A y M x B ("dog chases cat" against
-    "cat chases dog"). A phrase moved to the front or the back ("In Python, how do I ...?"
-    against "How do I ... in Python?") has nothing between the exchanged parts, and longer
-    parts ("water's boiling point" against "boiling point of water") are not single words,
-    so neither counts."""
+    """The same content words, where the only difference is two single words exchanged:
+    A x M y B against A y M x B.
+
+    With one to three content words between them ("dog chases cat" against "cat chases
+    dog") that is a swap. Side by side, it is one only when the same one-way link joins
+    them in both texts ("ounces in a pound" against "pounds in an ounce"); "rent or buy"
+    and "Tokyo's population" against "population of Tokyo" are not. A phrase moved to the
+    front or the back ("In Python, how do I ...?" against "How do I ... in Python?") is
+    not one word exchanged for another, nor are longer parts ("water's boiling point"
+    against "boiling point of water"), so neither counts."""
     if (fa.words | fb.words) & _SYMMETRIC_CUES:
         return False
-    ca, cb = _content_words(fa), _content_words(fb)
+    pa, pb = _content_words(fa), _content_words(fb)
+    ca, cb = [w for _, w in pa], [w for _, w in pb]
     if ca == cb or len(ca) != len(cb) or sorted(ca) != sorted(cb):
         return False
     diff = [i for i in range(len(ca)) if ca[i] != cb[i]]
     first, last = diff[0], diff[-1]
-    if not 2 <= last - first <= 4:
-        return False
     x, y = ca[first], ca[last]
-    return (cb[first] == y and cb[last] == x and ca[first + 1:last] == cb[first + 1:last]
-            and x not in _DEGREE and y not in _DEGREE)
+    if not (last - first <= 4 and cb[first] == y and cb[last] == x and ca[first + 1:last] == cb[first + 1:last]
+            and x not in _DEGREE and y not in _DEGREE):
+        return False
+    if last - first >= 2:
+        return True
+
+    def link(seq: tuple[str, ...], i: int, j: int) -> list[str]:
+        return [w for w in seq[i + 1:j] if w not in _DETERMINERS]
+
+    la, lb = link(fa.word_seq, pa[first][0], pa[last][0]), link(fb.word_seq, pb[first][0], pb[last][0])
+    return la == lb and bool(_ONE_WAY_LINKS.intersection(la)) and not _TWO_WAY_LINKS.intersection(la)
 
 
 _ROMAN = re.compile(r"^(?=[IVX]{2,}$)X{0,3}(IX|IV|V?I{0,3})$")

@@ -74,6 +74,9 @@ VETOES = [
     ("order", "Does a dog chase a cat?", "Does a cat chase a dog?"),
     ("order", "Can a landlord evict a tenant without notice?", "Can a tenant evict a landlord without notice?"),
     ("order", "Do Indian women find Pakistani men attractive?", "Do Pakistani women find Indian men attractive?"),
+    ("order", "How many ounces are in a pound?", "How many pounds are in an ounce?"),
+    ("order", "Was Caesar killed by Brutus?", "Was Brutus killed by Caesar?"),
+    ("order", "Which wine should I pair with cheese?", "Which cheese should I pair with wine?"),
     # the two sides of a relation
     ("polarity", "Who was the father of Alexander the Great?", "Who was the son of Alexander the Great?"),
     ("polarity", "How do I email my landlord about a repair?", "How do I email my tenant about a repair?"),
@@ -115,6 +118,9 @@ PARAPHRASES = [
     ("At sea level, what is water's boiling point?", "What is the boiling point of water at sea level?"),
     ("How common is prison rape?", "Is rape in prison common?"),
     ("Are cats similar to dogs as pets?", "Are dogs similar to cats as pets?"),
+    ("What is Tokyo's population?", "What is the population of Tokyo?"),
+    ("Is it OK to pair red wine with cheese?", "Is it OK to pair cheese with red wine?"),
+    ("Which is better, tea or coffee?", "Which is better, coffee or tea?"),
 ]
 
 
