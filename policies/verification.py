@@ -208,7 +208,7 @@ _POLARITY_PAIRS: tuple[tuple[str, str], ...] = (
     ("top", "bottom"), ("uppercase", "lowercase"), ("compress", "decompress"), ("encode", "decode"),
     ("serialize serialise", "deserialize deserialise"), ("synchronous sync", "asynchronous async"),
     ("odd", "even"), ("forward forwards", "backward backwards"), ("thin", "thick"), ("narrow", "wide"),
-    ("inhale", "exhale"), ("prefix", "suffix"),
+    ("inhale", "exhale"), ("prefix", "suffix"), ("freeze", "thaw defrost unfreeze"),
     # the two sides of a relation: "Who was the father of X?" asks for another person than "the son of X"
     ("parent parents father mother dad mom mum ancestor ancestors", "child children son daughter kid kids descendant descendants"),
     ("teacher teachers professor", "student students pupil pupils"), ("doctor doctors physician", "patient patients"),
