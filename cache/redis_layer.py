@@ -24,11 +24,6 @@ from cache.redis_pipe import RedisPipe
 T = TypeVar("T")
 
 
-def make_client(url: str, timeout_s: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                   retry_on_timeout=False, health_check_interval=30, max_connections=256)
-
-
 class RedisLayer:
     name = "L2"
 

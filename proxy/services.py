@@ -225,7 +225,7 @@ async def _connect_redis(settings: Settings) -> _Redis:
         out.embedded = EmbeddedRedis(settings.state_dir)
         url = await asyncio.to_thread(out.embedded.start)
     if url:  # "" means no Redis at all: L1 only
-        from cache.redis_layer import make_client
+        from cache.redis_client import make_client
         from cache.redis_pipe import RedisPipe
 
         out.client = make_client(url, settings.redis.timeout_s)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.cacheability import CacheabilityPolicy
@@ -22,11 +22,26 @@ class _Section(BaseModel):
 
 
 class RedisSettings(_Section):
-    url: str | None = Field(default=None, description="None: start a bundled redis-server")
+    url: str | None = Field(default=None, description="None: start a bundled redis-server; \"\": no Redis (L1 "
+                            "only); redis://, rediss://, unix:// or redis+sentinel://host:port[,...]/service[/db]")
     timeout_s: float = Field(default=0.25, gt=0, description="deadline of every Redis call")
     prefix: str = "sc:"
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url:
+            from cache.redis_client import SENTINEL_SCHEME, SentinelURL
+
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme == SENTINEL_SCHEME:
+                SentinelURL.parse(url)  # RedisURLError is a ValueError: a validation error naming the field
+            elif scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"unsupported Redis URL scheme {scheme + '://' if scheme else url!r}: use redis://, "
+                                 "rediss://, unix:// or redis+sentinel://")
+        return url
 
 
 class EmbedderSettings(_Section):

@@ -134,6 +134,96 @@ class RedisProcess:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class SentinelGroup:
+    """A master, one replica and one sentinel monitoring them as `service`: real processes on
+    free loopback ports. `url` is the proxy's redis+sentinel:// URL for database 0."""
+
+    def __init__(self, service: str = "scmaster") -> None:
+        self.service = service
+        self.master = RedisProcess()
+        self.replica = RedisProcess()
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sc-sentinel-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.master.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.start()
+        conf = Path(self.dir) / "sentinel.conf"  # sentinel rewrites its config file: a private copy
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.service} 1000\n"
+                        f"sentinel failover-timeout {self.service} 5000\n")
+        self.proc = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sentinel = redis.Redis(port=self.port, socket_timeout=1)
+
+        def ready() -> bool:  # the sentinel has found the replica, talks to it, and sees it in sync
+            try:
+                replicas = sentinel.sentinel_slaves(self.service)
+            except redis.RedisError:
+                return False
+            return any(r["is_slave"] and not (r["is_sdown"] or r["is_disconnected"])
+                       and r.get("master-link-status") == "ok" for r in replicas)
+
+        eventually(ready, 15, "sentinel discovering the replica", interval=0.1)
+        sentinel.close()
+
+    def master_port(self) -> int:
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+            return int(sentinel.sentinel_get_master_addr_by_name(self.service)[1])
+
+    def failover(self) -> int:
+        """Promote the replica (SENTINEL FAILOVER); returns the new master's port once the
+        sentinel reports it."""
+        import redis
+
+        old = self.master_port()
+
+        def started() -> bool:  # NOGOODSLAVE until the sentinel's view of the replica is fresh
+            with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+                try:
+                    return bool(sentinel.sentinel_failover(self.service))
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" in str(exc):
+                        return False
+                    raise
+
+        eventually(started, 15, "sentinel accepting the failover", interval=0.2)
+        eventually(lambda: self.master_port() != old, 15, "sentinel failover", interval=0.1)
+        return self.master_port()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.replica.stop()
+        self.master.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def sentinel_group():
+    group = SentinelGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_proc():
     rp = RedisProcess()

@@ -10,7 +10,8 @@ from cache.breaker import CircuitBreaker
 from cache.entry import MISS, Entry, EntryMeta
 from cache.layer import LayerError
 from cache.memory_layer import MemoryLayer
-from cache.redis_layer import RedisLayer, make_client
+from cache.redis_client import make_client
+from cache.redis_layer import RedisLayer
 from cache.redis_pipe import RedisPipe
 
 
@@ -30,10 +31,29 @@ def redis_layer(url: str, timeout_s: float, *, pipe: bool, breaker: CircuitBreak
                       pipe=RedisPipe.from_url(url, connect_timeout_s=timeout_s) if pipe else None)
 
 
-@pytest.fixture(params=["L1", "L2", "L2-pipe"])
+@pytest.fixture(scope="module")
+def sentinel_session():
+    from tests.conftest import SentinelGroup
+
+    group = SentinelGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture(params=["L1", "L2", "L2-pipe", "L2-sentinel"])
 async def layer(request):
     if request.param == "L1":
         lay = MemoryLayer(1 << 20, time.time)
+    elif request.param == "L2-sentinel":  # the master found through Redis Sentinel
+        import redis
+
+        group = request.getfixturevalue("sentinel_session")
+        with redis.Redis(port=group.master_port()) as master:
+            master.flushall()
+        lay = redis_layer(group.url, 0.5, pipe=False)
     else:
         lay = redis_layer(request.getfixturevalue("redis_url"), 0.5, pipe=request.param == "L2-pipe")
     yield lay

@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,6 +46,39 @@ async def test_redis_killed_during_load_fails_no_request_and_recovers(make_proxy
             await eventually_async(l2_is_back, 10, "L2 coming back", interval=0.3)
         assert failures == []
         assert len(statuses) >= 160
+
+
+async def test_replicas_on_a_sentinel_url_share_l2_through_a_failover(make_proxy, backend_url, sentinel_group):
+    """Two proxies find the master through Redis Sentinel; after a failover they follow the
+    new master, no request fails meanwhile, and L2 is shared again."""
+    redis_cfg = {"url": sentinel_group.url, "timeout_s": 0.3, "breaker_reset_s": 0.3}
+    with make_proxy(backend_url, redis=redis_cfg) as a, make_proxy(backend_url, redis=redis_cfg) as b:
+        async with httpx.AsyncClient(timeout=30) as hc:
+            async def ask(url: str, text: str) -> httpx.Response:
+                r = await hc.post(url + "/v1/chat/completions", json=chat(text))
+                assert r.status_code == 200, r.text
+                return r
+
+            assert (await ask(a, "before the failover")).headers["x-cache-status"] == "MISS"
+            assert (await ask(b, "before the failover")).headers.get("x-cache-layer") == "L2"
+            old_port = sentinel_group.master_port()
+            new_port = await asyncio.to_thread(sentinel_group.failover)
+            assert new_port != old_port
+            with redis.Redis(port=old_port) as old:  # until demoted, the old master still takes writes
+                await eventually_async(lambda: old.execute_command("ROLE")[0] == b"slave", 15, "old master demoted")
+            with redis.Redis(port=new_port) as new:
+                keys_before = new.dbsize()
+            n = 0
+
+            async def shared_again() -> bool:
+                nonlocal n
+                n += 1
+                await ask(a, f"after the failover {n}")
+                return (await ask(b, f"after the failover {n}")).headers.get("x-cache-layer") == "L2"
+
+            await eventually_async(shared_again, 20, "L2 shared through the new master", interval=0.3)
+            with redis.Redis(port=new_port) as new:
+                assert new.dbsize() > keys_before  # the entries went to the new master
 
 
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
