@@ -258,7 +258,10 @@ async def run(rounds: int, n: int) -> dict:
             for u in urls.values():
                 await _ready(s, u)
             seed = _body(SEED)
-            for u in (urls["l1"], urls["l2"], urls["l3"]):
+            # the semantic proxy first: it stores the seed with its vector; the exact-only ones
+            # then read it from the shared L2 (had one of them stored it, the semantic proxy
+            # would get it as an L2 hit, with no vector in its index)
+            for u in (urls["l3"], urls["l1"], urls["l2"]):
                 await _post(s, u, seed, H)
             for q in SEEDS:
                 await _post(s, urls["l3"], _body(q), H)

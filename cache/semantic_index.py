@@ -142,6 +142,10 @@ class VectorIndex(Protocol):
         finds nothing, so a caller need not compute the query vector first."""
         ...
 
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` is indexed (never blocks)."""
+        ...
+
 
 def _remove_ids(index: faiss.Index, kind: str, tombstones: set[int], ids: np.ndarray) -> None:
     """Partition lock held. HNSW cannot remove: its removed ids become tombstones."""

@@ -127,6 +127,7 @@ class SemanticStage:
         # grey-zone candidates awaiting their request's fresh answer: (partition, text) -> candidate
         self._grey: TTLCache = TTLCache(maxsize=grey_capacity, ttl=grey_ttl_s, timer=time.monotonic)
         self._tasks: set[asyncio.Task] = set()
+        self._healing: set[Key] = set()  # keys index_if_missing is adding
 
     MAX_PART_CHECKS = 2
     """Candidates a lookup compares by their differing parts (an embedding each); a further
@@ -328,6 +329,38 @@ class SemanticStage:
         task.add_done_callback(self._tasks.discard)
 
     # -- index maintenance --------------------------------------------------------------------
+    HEAL_AFTER_S = 10.0
+    """How old an entry read from L2 must be before its absence from the index counts as a
+    gap rather than a peer's add still on its way through the stream."""
+
+    def index_if_missing(self, key: Key, entry: Entry, embedding: "asyncio.Future[np.ndarray] | None",
+                         now: float) -> bool:
+        """On an L2 hit: when the index lacks an entry that could be found by meaning (it was
+        stored by a replica with L3 off, or while the embedder or Redis failed), index it now,
+        in the background, from `embedding` (the query's, already under way; the exact key
+        matched, so it is the entry's text) or a new one. Returns whether it uses `embedding`."""
+        if (entry.meta.semantic_text is None or key in self.index or key in self._healing
+                or now - entry.created_at < self.HEAL_AFTER_S):
+            return False
+        self._healing.add(key)
+
+        async def heal() -> None:
+            try:
+                vector = None
+                if embedding is not None:
+                    try:
+                        vector = await embedding
+                    except (EmbeddingError, TimeoutError) as exc:
+                        self.events.layer_error("embedder", "embed", exc)
+                        return
+                await self.add(key, entry, vector)
+                self.events.index_healed()
+            finally:
+                self._healing.discard(key)
+
+        self._spawn(heal())
+        return embedding is not None
+
     async def add(self, key: Key, entry: Entry, vector: np.ndarray | None) -> None:
         text = entry.meta.semantic_text
         if text is None:

@@ -87,6 +87,9 @@ class LayerEvents:
 
     def banned_hit(self, layer: str) -> None: ...
 
+    def index_healed(self) -> None:
+        """An entry read from L2 that the semantic index lacked was indexed."""
+
 
 class TieredCache:
     def __init__(self, *, l1: MemoryLayer, l2: Layer | None, semantic: "SemanticStage | None", bans: BanList,
@@ -169,7 +172,10 @@ class TieredCache:
         if semantic_text is None or self.semantic is None or not self.semantic.searchable(partition):
             # No semantic lookup, or nothing in the partition to compare with (a new
             # conversation, tenant, model or parameter set): the commit embeds the text later.
-            return Lookup(await self.exact(key, max_age), NO_PROBE)
+            hit = await self.exact(key, max_age)
+            if hit is not None and hit.layer == "L2" and self.semantic is not None:
+                self.semantic.index_if_missing(key, hit.entry, None, self.clock())
+            return Lookup(hit, NO_PROBE)
         # After an L1 miss, the embedding (the main cost of a semantic lookup) runs while
         # L2 answers, so a miss pays max(L2, embed) rather than their sum.
         embedding = asyncio.ensure_future(self.semantic.embed_one(semantic_text))
@@ -179,7 +185,8 @@ class TieredCache:
             embedding.cancel()
             raise
         if hit is not None:
-            embedding.cancel()
+            if not (hit.layer == "L2" and self.semantic.index_if_missing(key, hit.entry, embedding, self.clock())):
+                embedding.cancel()
             embedding.add_done_callback(_consume)
             return Lookup(hit, NO_PROBE)
         if on_exact_miss is not None:

@@ -40,6 +40,8 @@ class Metrics(LayerEvents):
         self.tokens_saved = Counter("stratacache_backend_tokens_saved_total",
                                     "Completion tokens served from cache instead of generated", registry=r)
         self.banned = Counter("stratacache_banned_hits_total", "Entries refused on hit by a ban", ["layer"], registry=r)
+        self.healed = Counter("stratacache_index_healed_total",
+                              "Entries read from L2 that the semantic index lacked, indexed then", registry=r)
         self.upstream_errors = Counter("stratacache_upstream_errors_total", "Upstream failures", ["kind"], registry=r)
         self.coalesced = Counter("stratacache_coalesced_total", "Requests that joined an in-flight identical request",
                                  registry=r)
@@ -93,6 +95,9 @@ class Metrics(LayerEvents):
 
     def banned_hit(self, layer: str) -> None:
         self.banned.labels(layer).inc()
+
+    def index_healed(self) -> None:
+        self.healed.inc()
 
     def count_hits(self) -> dict[str, int]:
         return {s.labels["layer"]: int(s.value) for m in self.hits.collect() for s in m.samples

@@ -87,3 +87,72 @@ async def test_a_lookup_in_an_empty_partition_does_not_embed():
     look = await lookup("k3", "conversation-b")
     assert look.hit is None and len(embedder.embedded) == 2 and not index.holds("conversation-b")
     await cache.aclose()
+
+
+class HealCounter(LayerEvents):
+    def __init__(self) -> None:
+        self.healed = 0
+
+    def index_healed(self) -> None:
+        self.healed += 1
+
+
+def _healing_cache(clock):
+    embedder = CountingEmbedder()
+    events = HealCounter()
+    stage = SemanticStage(embedder=embedder, index=SemanticIndex(dim=4), store=None, consider_threshold=0.8, k=4,
+                          verifier=None, events=events)
+    cache = TieredCache(l1=MemoryLayer(1 << 20, clock), l2=MemoryLayer(1 << 20, clock), semantic=stage,
+                        bans=BanList(), clock=clock, events=events)
+    return cache, stage, embedder, events
+
+
+async def _settle(stage) -> None:
+    while stage._tasks:
+        await asyncio.gather(*list(stage._tasks))
+
+
+async def test_an_l2_hit_the_index_lacks_is_indexed_and_then_found_by_meaning(clock):
+    """An entry stored by a replica with L3 off (or while the embedder was down) becomes
+    findable by meaning on its first L2 hit here."""
+    cache, stage, embedder, events = _healing_cache(clock)
+    old = replace(semantic_entry("What is the capital of France?", "p"), created_at=clock() - 20)
+    await cache.l2.set("k1", old)
+
+    async def lookup(key: str, text: str):
+        return await cache.lookup(key=key, max_age=None, semantic_text=text, partition="p", threshold=0.9)
+
+    look = await lookup("k1", "What is the capital of France?")
+    assert look.hit is not None and look.hit.layer == "L2"
+    await _settle(stage)
+    assert "k1" in stage.index and events.healed == 1
+    assert embedder.embedded == ["What is the capital of France?"]
+    para = await lookup("k2", "What's the capital city of France?")
+    assert para.hit is not None and para.hit.layer == "L3" and para.hit.key == "k1"
+    await cache.aclose()
+
+
+async def test_the_heal_reuses_the_embedding_the_lookup_started(clock):
+    cache, stage, embedder, events = _healing_cache(clock)
+    await cache.commit("seed", semantic_entry("seed text", "p"), None)  # the partition is searchable
+    await _settle(stage)
+    await cache.l2.set("k1", replace(semantic_entry("How do tides work?", "p"), created_at=clock() - 20))
+    embedder.embedded.clear()
+    look = await cache.lookup(key="k1", max_age=None, semantic_text="How do tides work?", partition="p",
+                              threshold=0.9)
+    assert look.hit is not None and look.hit.layer == "L2"
+    await _settle(stage)
+    assert "k1" in stage.index and embedder.embedded == ["How do tides work?"]  # once: the lookup's own
+    await cache.aclose()
+
+
+async def test_a_recent_l2_entry_is_left_to_its_writer(clock):
+    """A peer's add may still be on its way through the stream: no second embedding for it."""
+    cache, stage, embedder, events = _healing_cache(clock)
+    await cache.l2.set("k1", replace(semantic_entry("How do tides work?", "p"), created_at=clock() - 1))
+    look = await cache.lookup(key="k1", max_age=None, semantic_text="How do tides work?", partition="p",
+                              threshold=0.9)
+    assert look.hit is not None and look.hit.layer == "L2"
+    await _settle(stage)
+    assert "k1" not in stage.index and events.healed == 0 and embedder.embedded == []
+    await cache.aclose()
