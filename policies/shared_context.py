@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 __all__ = ["differing_parts", "segments"]
 
@@ -70,6 +71,7 @@ def _norm(segment: str) -> str:
     return " ".join(segment.split()).casefold()
 
 
+@lru_cache(maxsize=8192)  # a paraphrase asked again meets the same candidate: pure, so computed once
 def differing_parts(query: str, cached: str) -> tuple[str, str] | None:
     """(query's differing part, cached's differing part); None when the texts share nothing
     but fillers (and fewer than SHARED_WORDS words at their ends), or differ in nothing but fillers."""

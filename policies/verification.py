@@ -1006,6 +1006,7 @@ def _question_words(text: str) -> frozenset[str]:
     return frozenset("who" if w in ("whom",) else w for w in found)
 
 
+@lru_cache(maxsize=8192)  # a paraphrase asked again meets the same candidate: pure, so judged once
 def verify(query: str, cached: str) -> Verdict:
     """Compare a query with a cached entry's text; veto when a meaning-bearing feature differs.
 
