@@ -332,6 +332,9 @@ class SemanticStage:
     HEAL_AFTER_S = 10.0
     """How old an entry read from L2 must be before its absence from the index counts as a
     gap rather than a peer's add still on its way through the stream."""
+    MAX_HEALING = 2
+    """Heals in flight at most: beyond that an L2 hit is not indexed (its next one may be),
+    so a burst of them never queues embeddings ahead of the lookups that wait for theirs."""
 
     def index_if_missing(self, key: Key, entry: Entry, embedding: "asyncio.Future[np.ndarray] | None",
                          now: float) -> bool:
@@ -340,7 +343,7 @@ class SemanticStage:
         in the background, from `embedding` (the query's, already under way; the exact key
         matched, so it is the entry's text) or a new one. Returns whether it uses `embedding`."""
         if (entry.meta.semantic_text is None or key in self.index or key in self._healing
-                or now - entry.created_at < self.HEAL_AFTER_S):
+                or len(self._healing) >= self.MAX_HEALING or now - entry.created_at < self.HEAL_AFTER_S):
             return False
         self._healing.add(key)
 

@@ -156,3 +156,30 @@ async def test_a_recent_l2_entry_is_left_to_its_writer(clock):
     await _settle(stage)
     assert "k1" not in stage.index and events.healed == 0 and embedder.embedded == []
     await cache.aclose()
+
+
+async def test_heals_in_flight_are_bounded(clock):
+    """A burst of L2 hits on unindexed entries starts at most MAX_HEALING embeddings; the
+    others are left for a later hit, so lookups never queue behind them."""
+    cache, stage, embedder, events = _healing_cache(clock)
+    gate = asyncio.Event()
+    real_embed = embedder.embed
+
+    async def slow_embed(texts):
+        await gate.wait()
+        return await real_embed(texts)
+
+    embedder.embed = slow_embed
+    for i in range(6):
+        await cache.l2.set(f"k{i}", replace(semantic_entry(f"question {i}", "p"), created_at=clock() - 20))
+    for i in range(6):
+        await cache.lookup(key=f"k{i}", max_age=None, semantic_text=f"question {i}", partition="p", threshold=0.9)
+    assert len(stage._healing) == SemanticStage.MAX_HEALING
+    gate.set()
+    await _settle(stage)
+    assert events.healed == SemanticStage.MAX_HEALING and not stage._healing
+    await cache.l1.delete("k5")  # evicted here: its next hit comes from L2 again
+    await cache.lookup(key="k5", max_age=None, semantic_text="question 5", partition="p", threshold=0.9)
+    await _settle(stage)
+    assert "k5" in stage.index  # a later L2 hit heals what the burst left
+    await cache.aclose()
