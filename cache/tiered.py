@@ -176,19 +176,28 @@ class TieredCache:
             if hit is not None and hit.layer == "L2" and self.semantic is not None:
                 self.semantic.index_if_missing(key, hit.entry, None, self.clock())
             return Lookup(hit, NO_PROBE)
-        # After an L1 miss, the embedding (the main cost of a semantic lookup) runs while
-        # L2 answers, so a miss pays max(L2, embed) rather than their sum.
-        embedding = asyncio.ensure_future(self.semantic.embed_one(semantic_text))
-        try:
+        if key in self.semantic.index:
+            # A replica stored an answer under this very key (the index learns every add through
+            # the stream), so L2 most likely has it: ask first, and embed only if it does not.
+            # An embedding running beside an L2 hit would only slow it (it takes both cores).
             hit = await self.exact(key, max_age)
-        except BaseException:
-            embedding.cancel()
-            raise
-        if hit is not None:
-            if not (hit.layer == "L2" and self.semantic.index_if_missing(key, hit.entry, embedding, self.clock())):
+            if hit is not None:
+                return Lookup(hit, NO_PROBE)
+            embedding = None
+        else:
+            # L2 most likely misses: after an L1 miss, the embedding (the main cost of a semantic
+            # lookup) runs while L2 answers, so a miss pays max(L2, embed), not their sum.
+            embedding = asyncio.ensure_future(self.semantic.embed_one(semantic_text))
+            try:
+                hit = await self.exact(key, max_age)
+            except BaseException:
                 embedding.cancel()
-            embedding.add_done_callback(_consume)
-            return Lookup(hit, NO_PROBE)
+                raise
+            if hit is not None:
+                if not (hit.layer == "L2" and self.semantic.index_if_missing(key, hit.entry, embedding, self.clock())):
+                    embedding.cancel()
+                embedding.add_done_callback(_consume)
+                return Lookup(hit, NO_PROBE)
         if on_exact_miss is not None:
             on_exact_miss()
         return await self.semantic.lookup(self, text=semantic_text, partition=partition, threshold=threshold,

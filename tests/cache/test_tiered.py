@@ -97,12 +97,20 @@ class HealCounter(LayerEvents):
         self.healed += 1
 
 
+class NetworkedLayer(MemoryLayer):
+    """Stands in for L2: a read gives the event loop a turn, as a round trip to Redis does."""
+
+    async def get(self, key):
+        await asyncio.sleep(0)
+        return await super().get(key)
+
+
 def _healing_cache(clock):
     embedder = CountingEmbedder()
     events = HealCounter()
     stage = SemanticStage(embedder=embedder, index=SemanticIndex(dim=4), store=None, consider_threshold=0.8, k=4,
                           verifier=None, events=events)
-    cache = TieredCache(l1=MemoryLayer(1 << 20, clock), l2=MemoryLayer(1 << 20, clock), semantic=stage,
+    cache = TieredCache(l1=MemoryLayer(1 << 20, clock), l2=NetworkedLayer(1 << 20, clock), semantic=stage,
                         bans=BanList(), clock=clock, events=events)
     return cache, stage, embedder, events
 
@@ -182,4 +190,23 @@ async def test_heals_in_flight_are_bounded(clock):
     await cache.lookup(key="k5", max_age=None, semantic_text="question 5", partition="p", threshold=0.9)
     await _settle(stage)
     assert "k5" in stage.index  # a later L2 hit heals what the burst left
+    await cache.aclose()
+
+
+async def test_an_l2_hit_on_an_indexed_key_runs_no_embedding(clock):
+    """A key the index holds was stored by some replica, so L2 is asked first: its hit costs
+    no embedding (one running beside it would take both cores), and its miss embeds once."""
+    cache, stage, embedder, events = _healing_cache(clock)
+    await cache.commit("k1", replace(semantic_entry("How do tides work?", "p"), created_at=clock()), None)
+    await _settle(stage)
+    await cache.l1.delete("k1")  # as on another replica, or after an L1 eviction
+    embedder.embedded.clear()
+    look = await cache.lookup(key="k1", max_age=None, semantic_text="How do tides work?", partition="p",
+                              threshold=0.9)
+    assert look.hit is not None and look.hit.layer == "L2" and embedder.embedded == []
+    await cache.l1.delete("k1")
+    await cache.l2.delete("k1")  # expired from the shared layer meanwhile
+    look = await cache.lookup(key="k1", max_age=None, semantic_text="How do tides work?", partition="p",
+                              threshold=0.9)
+    assert embedder.embedded == ["How do tides work?"]  # embedded once, for the semantic stage
     await cache.aclose()
