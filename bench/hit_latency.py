@@ -6,8 +6,8 @@ Starts (as subprocesses on free loopback ports) a simulated backend, a redis-ser
 floor (a minimal FastAPI app answering from a dict: shared/acceptance/floor_server.py when
 present, else an equivalent inline one), a bare streaming relay (the least a Python proxy
 hop costs: FastAPI forwarding the upstream stream through an httpx transport, no cache),
-and three proxies: a normal one (L1 hits), one with a 1-byte L1 (so repeats are L2 hits)
-and the semantic one (paraphrases are L3 hits).
+and three proxies: an exact-only one (L1 hits), one with a 1-byte L1 and L3 on, as by default
+(so repeats are L2 hits), and the semantic one (paraphrases are L3 hits).
 
 Each round runs a short block of sequential requests per target (floor, L1, L2, L3, ...);
 the figures are medians over rounds of per-target medians. L3 is measured twice: on paraphrases seen before (their vectors
@@ -246,7 +246,9 @@ async def run(rounds: int, n: int) -> dict:
         P.start(exe[:1] + ["-c", RELAY, str(rl), up])
         common = ["serve", "--upstream", up, "--redis-url", ru]
         P.start(exe + common + ["--port", str(p1), "--no-semantic", "--state-dir", str(P.dir / "a")])
-        P.start(exe + common + ["--port", str(p2), "--no-semantic", "--state-dir", str(P.dir / "b")],
+        # L2 hits in the default configuration (L3 on): the seed is in this proxy's index (from
+        # the stream), so L2 is asked before any embedding
+        P.start(exe + common + ["--port", str(p2), "--state-dir", str(P.dir / "b")],
                 env={"STRATACACHE_L1_MAX_BYTES": "1"})
         # latency, not precision: a threshold these paraphrases pass, so every one is an L3 hit
         P.start(exe + common + ["--port", str(p3), "--state-dir", str(P.dir / "c")],
