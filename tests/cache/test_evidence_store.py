@@ -144,6 +144,9 @@ class FixedIndex:
     def holds(self, partition):
         return bool(self.candidates)
 
+    def __contains__(self, key):
+        return False  # no request's own key is a candidate here
+
     async def remove(self, key):
         return True
 
