@@ -63,6 +63,15 @@ class SentinelURL:
                    sentinel_password=query.get("sentinel_password", [None])[0])
 
 
+class _SentinelManagedRedis(aioredis.Redis):
+    """The master's client; closing it also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
 def make_client(url: str, timeout_s: float) -> aioredis.Redis:
     """A pooled asyncio client whose every socket operation has `timeout_s`. Raises
     RedisURLError for a malformed Sentinel URL (redis-py's ValueError for the others)."""
@@ -73,4 +82,5 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis:
     spec = SentinelURL.parse(url)
     sentinel = Sentinel(list(spec.sentinels), sentinel_kwargs={
         "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "password": spec.sentinel_password})
-    return sentinel.master_for(spec.service, db=spec.db, username=spec.username, password=spec.password, **common)
+    return sentinel.master_for(spec.service, redis_class=_SentinelManagedRedis, db=spec.db, username=spec.username,
+                               password=spec.password, **common)
