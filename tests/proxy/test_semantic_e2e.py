@@ -1,6 +1,7 @@
 """L2 and L3 through the proxy, with the real embedding model, real FAISS and real Redis."""
 from __future__ import annotations
 
+import itertools
 import time
 
 import httpx
@@ -190,3 +191,32 @@ async def test_vectors_of_expired_entries_are_swept_from_redis(embedder, redis_u
         await r.aclose()
     finally:
         await svc.aclose()
+
+
+def test_l3_sharing_survives_a_sentinel_failover(make_proxy, backend_url, embedder, sentinel_group):
+    """Two replicas on a redis+sentinel:// URL: after the master fails over, an answer stored
+    by one is still found by meaning on the other (its vector reaches it through the stream
+    on the new master), and a restarted replica rebuilds its index from the new master."""
+    import redis
+
+    kw = dict(embedder=embedder, semantic=SEMANTIC_ON,
+              redis={"url": sentinel_group.url, "timeout_s": 0.3, "breaker_reset_s": 0.3})
+    with make_proxy(backend_url, **kw) as a, make_proxy(backend_url, **kw) as b:
+        ask(a, "How do volcanoes erupt?")
+        old_port = sentinel_group.master_port()
+        new_port = sentinel_group.failover()
+        with redis.Redis(port=old_port) as old:  # until demoted, the old master still takes writes
+            eventually(lambda: old.execute_command("ROLE")[0] == b"slave", 15, "old master demoted")
+        # stored after the failover; a paraphrase on the other replica, until its index has it
+        assert ask(a, "How do solar panels work?")[0] == "MISS"
+        # each try a new paraphrase: one that misses is stored, and would be an L1 hit next time
+        tries = itertools.cycle(f"{lead}how does a solar panel work?" for lead in (
+            "", "Hi, ", "Hello, ", "Hey, ", "Quick question: ", "So, ", "Please tell me ", "Can you tell me ",
+            "I wonder ", "Tell me ", "Explain ", "Help me understand "))
+        got = eventually(lambda: (r := ask(b, next(tries)))[1] == "L3" and r, 20,
+                         "b finding a's post-failover answer by meaning", interval=0.5)
+        assert got[0] == "HIT"
+        with redis.Redis(port=new_port) as new:
+            assert new.execute_command("ROLE")[0] == b"master"
+    with make_proxy(backend_url, **kw) as restarted:
+        assert ask(restarted, "What makes a volcano erupt?")[:2] == ("HIT", "L3")
