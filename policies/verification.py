@@ -381,6 +381,8 @@ _NEUTRALISE = (
     (re.compile(r"\bmore or less\b", re.I), "roughly"),
     (re.compile(r"\bsooner or later\b", re.I), "eventually"),
     (re.compile(r"\bright now\b", re.I), "now"),
+    (re.compile(r"\b(in|during|through) the fall\b", re.I), r"\1 autumn"),  # the season, not "the fall of Rome"
+    (re.compile(r"\b(this|last|next) fall\b", re.I), r"\1 autumn"),
     (re.compile(r"\bfull[ -]time\b", re.I), "fulltime"), (re.compile(r"\bpart[ -]time\b", re.I), "parttime"),
     (re.compile(r"\bday[ -]to[ -]day\b", re.I), "daily"), (re.compile(r"\bstep[ -]by[ -]step\b", re.I), "stepwise"),
     (re.compile(r"\bone[ -](of|another|day|way)\b", re.I), r"\1"),

@@ -119,6 +119,7 @@ PARAPHRASES = [
     ("How common is prison rape?", "Is rape in prison common?"),
     ("Are cats similar to dogs as pets?", "Are dogs similar to cats as pets?"),
     ("What is Tokyo's population?", "What is the population of Tokyo?"),
+    ("Why do leaves change colour in autumn?", "Why do leaves change color in the fall?"),
     ("Is it OK to pair red wine with cheese?", "Is it OK to pair cheese with red wine?"),
     ("Which is better, tea or coffee?", "Which is better, coffee or tea?"),
 ]
