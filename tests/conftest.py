@@ -125,13 +125,17 @@ class RedisProcess:
 
     def stop(self) -> None:
         """Stop the server for good and remove its directory (`kill` keeps it, for a restart)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _terminate(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _terminate(proc: subprocess.Popen | None) -> None:
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class SentinelGroup:
@@ -203,19 +207,16 @@ class SentinelGroup:
         return self.master_port()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _terminate(self.proc)
         self.replica.stop()
         self.master.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sentinel_group():
+    """One group per test module: a module's tests that fail over run one at a time and
+    each asks the sentinel where the master is."""
     group = SentinelGroup()
     try:
         group.start()

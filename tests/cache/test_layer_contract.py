@@ -31,18 +31,6 @@ def redis_layer(url: str, timeout_s: float, *, pipe: bool, breaker: CircuitBreak
                       pipe=RedisPipe.from_url(url, connect_timeout_s=timeout_s) if pipe else None)
 
 
-@pytest.fixture(scope="module")
-def sentinel_session():
-    from tests.conftest import SentinelGroup
-
-    group = SentinelGroup()
-    try:
-        group.start()
-        yield group
-    finally:
-        group.stop()
-
-
 @pytest.fixture(params=["L1", "L2", "L2-pipe", "L2-sentinel"])
 async def layer(request):
     if request.param == "L1":
@@ -50,7 +38,7 @@ async def layer(request):
     elif request.param == "L2-sentinel":  # the master found through Redis Sentinel
         import redis
 
-        group = request.getfixturevalue("sentinel_session")
+        group = request.getfixturevalue("sentinel_group")
         with redis.Redis(port=group.master_port()) as master:
             master.flushall()
         lay = redis_layer(group.url, 0.5, pipe=False)
