@@ -23,9 +23,10 @@ Reasons, in the order they are checked:
                  ("from savings to checking" vs "from checking to savings")
     order        the same words with two of them exchanged around one to three others
                  ("Why did Germany invade Poland?" vs "Why did Poland invade Germany?"),
-                 unless the text asks about a symmetric relation (difference, between,
-                 compare, similar) or one of the two is a gradable adjective moved by a
-                 question's inversion ("How common is X?" vs "Is X common?")
+                 or side by side across the same one-way link ("ounces in a pound" vs
+                 "pounds in an ounce"), unless the text asks about a symmetric relation
+                 (difference, between, compare, similar) or one of the two is a gradable
+                 adjective moved by a question's inversion ("How common is X?" vs "Is X common?")
     ok           nothing found: the candidate may be served
 
 A feature counts only when it *differs*: word order, casing, punctuation, contractions,
