@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from cache.layer import LayerError
+from cache.redis_client import REDIS_ERRORS, open_pubsub
 from policies.invalidation import Ban
 
 log = logging.getLogger("stratacache.bans")
@@ -44,7 +44,7 @@ class BanBus:
         try:
             async with asyncio.timeout(self.timeout_s * 4):
                 await self.client.hset(self.hash, ban.id, orjson.dumps(ban.to_dict()))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise LayerError(f"ban store: {exc}") from exc
         return await self._announce(msg, ack_wait_s)
 
@@ -58,7 +58,7 @@ class BanBus:
         try:
             async with asyncio.timeout(self.timeout_s * 4):
                 receivers = int(await self.client.publish(self.channel, orjson.dumps(msg)))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise LayerError(f"ban channel: {exc}") from exc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ack_wait_s
@@ -66,7 +66,7 @@ class BanBus:
         while receivers and loop.time() < deadline:
             try:
                 acked = int(await self.client.scard(ack_key))
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 break
             if acked >= receivers:
                 break
@@ -105,8 +105,9 @@ class BanBus:
         """Subscribe, load existing bans, apply messages; reconnect with backoff forever."""
         backoff = 0.1
         while not stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await open_pubsub(self.client)
                 await pubsub.subscribe(self.channel)
                 await self.load_all()
                 self.ready.set()
@@ -120,12 +121,16 @@ class BanBus:
                             log.warning("bad invalidation message", extra={"error": str(exc)})
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("ban channel lost, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
+            except Exception as exc:  # noqa: BLE001 - the subscriber outlives any one failure
+                if isinstance(exc, REDIS_ERRORS):
+                    log.warning("ban channel lost, reconnecting", extra={"error": f"{type(exc).__name__}: {exc}"})
+                else:
+                    log.exception("ban channel failed, reconnecting")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                try:
-                    await pubsub.aclose()
-                except (RedisError, OSError, TimeoutError):
-                    pass
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except REDIS_ERRORS:
+                        pass

@@ -5,10 +5,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
 
 from cache.breaker import CircuitBreaker, CircuitOpen
 from cache.layer import LayerError
+from cache.redis_client import REDIS_ERRORS
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ async def redis_call(what: str, breaker: CircuitBreaker, timeout_s: float, fn: C
     try:
         async with asyncio.timeout(timeout_s):
             out = await fn()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         breaker.failure()
         raise LayerError(f"{what}: {type(exc).__name__}: {exc}") from exc
     breaker.success()

@@ -9,16 +9,16 @@ connection instead of a pool checkout per GET), everything else through redis-py
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
-
-import redis.asyncio as aioredis
 
 from cache.breaker import CircuitBreaker
 from cache.entry import MISS, CorruptEntry, Entry, Key, Miss
 from cache.layer import LayerError
 from cache.redis_call import redis_call
+from cache.redis_client import Client, scan_keys, used_memory
 from cache.redis_pipe import RedisPipe
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ T = TypeVar("T")
 class RedisLayer:
     name = "L2"
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
+    def __init__(self, client: Client, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
                  clock: Callable[[], float] = time.time,
                  observe: Callable[[str, float], None] | None = None, pipe: RedisPipe | None = None) -> None:
         self.client = client
@@ -79,13 +79,15 @@ class RedisLayer:
         return [bool(n) for n in await self._call("exists", run)]
 
     async def scan(self, *, partition: str | None = None) -> AsyncIterator[Key]:
-        """Keys of stored entries (a partition filter reads each entry: for sweeps only)."""
+        """Keys of stored entries, on every master of a cluster (a partition filter reads
+        each entry: for sweeps only). Each step of the scan has the layer's deadline."""
         plen = len(self.prefix) + 2
-        cursor = 0
-        while True:
-            cursor, keys = await self._call("scan", lambda c=cursor: self.client.scan(c, match=f"{self.prefix}e:*",
-                                                                                       count=500))
-            for k in keys:
+        async with contextlib.aclosing(scan_keys(self.client, f"{self.prefix}e:*")) as keys:
+            while True:
+                try:
+                    k = await self._call("scan", keys.__anext__)
+                except StopAsyncIteration:
+                    return
                 key = (k.decode() if isinstance(k, bytes) else k)[plen:]
                 if partition is None:
                     yield key
@@ -93,8 +95,6 @@ class RedisLayer:
                     e = await self.get(key)
                     if e and e.meta.partition == partition:
                         yield key
-            if cursor == 0:
-                return
 
     async def stats(self) -> dict:
         """Entry count (a bounded SCAN: an estimate past 100k) and Redis memory."""
@@ -104,10 +104,10 @@ class RedisLayer:
                 n += 1
                 if n >= 100_000:
                     break
-            info = await self._call("info", lambda: self.client.info("memory"))
+            used = await self._call("info", lambda: used_memory(self.client))
         except LayerError as exc:
             return {"error": str(exc)}
-        return {"entries": n, "bytes": int(info.get("used_memory", 0)), "estimate": n >= 100_000}
+        return {"entries": n, "bytes": used, "estimate": n >= 100_000}
 
     async def ping(self) -> bool:
         try:

@@ -7,10 +7,10 @@ import asyncio
 import uuid
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from cache.entry import Key
 from cache.layer import LayerError
+from cache.redis_client import REDIS_ERRORS
 from cache.redis_pipe import RedisPipe
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -42,7 +42,7 @@ class RedisLock:
                     ok = await self.pipe.execute(b"SET", self._k(key), token, b"NX", b"PX", px)
                 else:
                     ok = await self.client.set(self._k(key), token, nx=True, px=px)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._give_back(key, token)
             raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
         except asyncio.CancelledError:
@@ -64,7 +64,7 @@ class RedisLock:
                     deleted = await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
                 else:
                     deleted = await self.client.eval(_RELEASE, 1, self._k(key), token)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return False
         return bool(deleted)
 

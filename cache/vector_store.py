@@ -2,17 +2,17 @@
 
 Two Redis keys (with the default prefix "sc:"):
 
-- `sc:vec`, a hash: cache key -> packed (partition, float32 vector). The state: a
+- `{sc:l3}vec`, a hash: cache key -> packed (partition, float32 vector). The state: a
   restarted proxy rebuilds its index from it.
-- `sc:l3log`, a stream of changes, approximately trimmed to `stream_maxlen` entries.
+- `{sc:l3}log`, a stream of changes, approximately trimmed to `stream_maxlen` entries.
   Fields: `op` ("add" | "remove" | any other op, e.g. "purge"), `key`, and for adds
   `partition` and `vec` (raw little-endian float32). Every proxy follows it to apply the
   others' adds and removes to its own index; its own come back too and are applied
   idempotently (an identical re-add is a no-op in `SemanticIndex`).
 
 A publish writes the hash and the stream in one MULTI, so followers never see a change
-that the hash does not hold. On Redis Cluster both keys must live in one slot: give the
-store a hash-tagged prefix such as "{sc}:".
+that the hash does not hold. A MULTI on Redis Cluster takes keys of one slot only: the
+braces (a hash tag) put both keys in the slot of "sc:l3", whatever the deployment.
 
 Consistency: `rebuild` reads the stream's last id *before* scanning the hash, so every
 change made during the scan is also in the stream after that id, and `follow` replays it.
@@ -40,11 +40,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from cache.entry import Key
 from cache.layer import LayerError
+from cache.redis_client import REDIS_ERRORS, Client, connection_kwargs
 from cache.semantic_index import SemanticIndex
 
 log = logging.getLogger("stratacache.vector_store")
@@ -97,7 +96,7 @@ class RedisVectorStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "sc:",
         timeout: float = 1.0,
@@ -107,12 +106,12 @@ class RedisVectorStore:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
     ) -> None:
-        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        kwargs = connection_kwargs(client)
         if kwargs.get("decode_responses"):
             raise ValueError("RedisVectorStore needs a client with decode_responses=False")
         self.client = client
-        self.hash_key = f"{prefix}vec"
-        self.stream_key = f"{prefix}l3log"
+        self.hash_key = f"{{{prefix}l3}}vec"
+        self.stream_key = f"{{{prefix}l3}}log"
         self.timeout = timeout
         self.stream_maxlen = stream_maxlen
         # XREAD BLOCK must return before the socket times out, and within a second so that
@@ -228,7 +227,7 @@ class RedisVectorStore:
                 raise
             except Exception as exc:  # noqa: BLE001 - the follower outlives any one failure
                 self.stats["errors"] += 1
-                if isinstance(exc, (LayerError, RedisError, OSError, TimeoutError)):
+                if isinstance(exc, (LayerError, *REDIS_ERRORS)):
                     log.warning("l3 stream follower: %r; retrying in %.1fs, then rebuilding", exc, backoff)
                 else:
                     log.exception("l3 stream follower failed; retrying in %.1fs, then rebuilding", backoff)
@@ -289,7 +288,7 @@ class RedisVectorStore:
         try:
             async with asyncio.timeout(self.timeout + extra):
                 yield
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             raise LayerError(f"vector store {what}: {exc!r}") from exc
 
 

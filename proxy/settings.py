@@ -23,7 +23,8 @@ class _Section(BaseModel):
 
 class RedisSettings(_Section):
     url: str | None = Field(default=None, description="None: start a bundled redis-server; \"\": no Redis (L1 "
-                            "only); redis://, rediss://, unix:// or redis+sentinel://host:port[,...]/service[/db]")
+                            "only); redis://, rediss://, unix://, redis+sentinel://host:port[,...]/service[/db] or "
+                            "redis+cluster://host:port[,...]")
     timeout_s: float = Field(default=0.25, gt=0, description="deadline of every Redis call")
     prefix: str = "sc:"
     breaker_failures: int = Field(default=3, ge=1)
@@ -33,14 +34,9 @@ class RedisSettings(_Section):
     @classmethod
     def _known_scheme(cls, url: str | None) -> str | None:
         if url:
-            from cache.redis_client import SENTINEL_SCHEME, SentinelURL
+            from cache.redis_client import validate_url
 
-            scheme = url.split("://", 1)[0] if "://" in url else ""
-            if scheme == SENTINEL_SCHEME:
-                SentinelURL.parse(url)  # RedisURLError is a ValueError: a validation error naming the field
-            elif scheme not in ("redis", "rediss", "unix"):
-                raise ValueError(f"unsupported Redis URL scheme {scheme + '://' if scheme else url!r}: use redis://, "
-                                 "rediss://, unix:// or redis+sentinel://")
+            validate_url(url)  # RedisURLError is a ValueError: a validation error naming the field
         return url
 
 

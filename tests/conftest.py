@@ -25,6 +25,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, fixed in Redis 6) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+                return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def eventually(cond, within: float = 10.0, what: str = "condition", interval: float = 0.02):
     """Poll `cond` until it returns something truthy (returned), failing after `within`
     seconds. For conditions other processes or threads bring about; TTLs use a fake clock."""
@@ -93,9 +109,9 @@ def redis_server_binary() -> str:
 class RedisProcess:
     """A real redis-server child process on a free loopback port (plus `extra` arguments)."""
 
-    def __init__(self, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, extra: tuple[str, ...] = (), port: int | None = None) -> None:
         self.extra = extra
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="sc-redis-")
         self.proc: subprocess.Popen | None = None
 
@@ -211,6 +227,68 @@ class SentinelGroup:
         self.replica.stop()
         self.master.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClusterGroup:
+    """A Redis Cluster of `masters` real redis-server processes (no replicas) on free loopback
+    ports, the 16384 slots split evenly between them. `url` is the proxy's redis+cluster://
+    URL, naming every node as a seed."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.nodes = [RedisProcess(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                    "--cluster-node-timeout", str(node_timeout_ms)), port=free_cluster_port())
+                      for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        per = 16384 // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            with redis.Redis(port=node.port, socket_timeout=2) as r:
+                last = 16383 if i == len(self.nodes) - 1 else (i + 1) * per - 1
+                r.execute_command("CLUSTER ADDSLOTS", *range(i * per, last + 1))
+                if i:
+                    r.execute_command("CLUSTER MEET", "127.0.0.1", self.nodes[0].port)
+
+        def formed() -> bool:  # every node sees every other and the whole slot map, and says ok
+            for node in self.nodes:
+                with redis.Redis(port=node.port, socket_timeout=1) as r:
+                    info = r.execute_command("CLUSTER INFO")
+                    if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+                        return False
+                    if len(r.execute_command("CLUSTER SLOTS")) != len(self.nodes):
+                        return False
+            return True
+
+        eventually(formed, 20, "the cluster forming", interval=0.1)
+
+    def flush(self) -> None:
+        import redis
+
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=2) as r:
+                r.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """One cluster per test module, flushed by the tests that need it empty."""
+    group = ClusterGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture(scope="module")

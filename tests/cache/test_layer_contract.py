@@ -31,7 +31,7 @@ def redis_layer(url: str, timeout_s: float, *, pipe: bool, breaker: CircuitBreak
                       pipe=RedisPipe.from_url(url, connect_timeout_s=timeout_s) if pipe else None)
 
 
-@pytest.fixture(params=["L1", "L2", "L2-pipe", "L2-sentinel"])
+@pytest.fixture(params=["L1", "L2", "L2-pipe", "L2-sentinel", "L2-cluster"])
 async def layer(request):
     if request.param == "L1":
         lay = MemoryLayer(1 << 20, time.time)
@@ -42,6 +42,10 @@ async def layer(request):
         with redis.Redis(port=group.master_port()) as master:
             master.flushall()
         lay = redis_layer(group.url, 0.5, pipe=False)
+    elif request.param == "L2-cluster":  # keys spread over three masters
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        lay = redis_layer(cluster.url, 0.5, pipe=False)
     else:
         lay = redis_layer(request.getfixturevalue("redis_url"), 0.5, pipe=request.param == "L2-pipe")
     yield lay

@@ -55,7 +55,7 @@ def until(cond, what: str, within: float = WAIT_S):
 def entry_keys(redis_url) -> set[str]:
     r = redis.Redis.from_url(redis_url)
     try:
-        return {k.decode() for k in r.hkeys("sc:vec")}
+        return {k.decode() for k in r.hkeys("{sc:l3}vec")}
     finally:
         r.close()
 

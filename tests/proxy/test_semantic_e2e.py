@@ -184,10 +184,10 @@ async def test_vectors_of_expired_entries_are_swept_from_redis(embedder, redis_u
                       EntryMeta("t", "", "chat", "m", "p", semantic_text=f"question {i}"))
             await svc.cache.commit(f"k{i}", e, None)
         r = aioredis.Redis.from_url(redis_url)
-        assert await r.hlen("sc:vec") == 2
+        assert await r.hlen("{sc:l3}vec") == 2
         await r.delete("sc:e:k1")  # what Redis does when the entry's expiry passes
         assert await stage.sweep_orphans(svc.cache) == 1
-        assert await r.hlen("sc:vec") == 1 and "k0" in stage.index and "k1" not in stage.index
+        assert await r.hlen("{sc:l3}vec") == 1 and "k0" in stage.index and "k1" not in stage.index
         await r.aclose()
     finally:
         await svc.aclose()
@@ -220,3 +220,27 @@ def test_l3_sharing_survives_a_sentinel_failover(make_proxy, backend_url, embedd
             assert new.execute_command("ROLE")[0] == b"master"
     with make_proxy(backend_url, **kw) as restarted:
         assert ask(restarted, "What makes a volcano erupt?")[:2] == ("HIT", "L3")
+
+
+def test_replicas_on_a_redis_cluster_share_l2_l3_and_invalidations(make_proxy, backend_url, embedder, redis_cluster):
+    """Two replicas on a redis+cluster:// URL (three masters): an answer one stored is an L2
+    hit on the other, found by meaning there (its vector reaches it through the stream), and
+    a ban published through one replica takes effect on both."""
+    redis_cluster.flush()
+    admin = {"Authorization": "Bearer adm1n"}
+    kw = dict(embedder=embedder, semantic=SEMANTIC_ON, admin_token="adm1n",
+              redis={"url": redis_cluster.url, "timeout_s": 0.3})
+    with make_proxy(backend_url, **kw) as a, make_proxy(backend_url, **kw) as b:
+        first = ask(a, "What is the capital of France?")
+        assert first[0] == "MISS"
+        assert ask(b, "What is the capital of France?")[:2] == ("HIT", "L2")
+        para = eventually(lambda: (r := ask(b, "What's the capital city of France?"))[1] == "L3" and r, 10,
+                          "b finding a's answer by meaning")
+        assert para[3] == first[3]
+        stats = httpx.get(a + "/admin/stats", headers=admin, timeout=30).json()
+        assert stats["layers"]["L2"]["entries"] >= 1, stats
+        r = httpx.post(b + "/admin/invalidate", json={"all": True}, headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        assert ask(a, "What is the capital of France?")[0] == "MISS"
+    with make_proxy(backend_url, **kw) as restarted:  # rebuilds its index from the cluster
+        assert ask(restarted, "What's the capital city of France?")[:2] == ("HIT", "L3")
