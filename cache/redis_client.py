@@ -41,10 +41,16 @@ SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, CLUSTER_SCHEME)
 
 Client = aioredis.Redis | RedisCluster
 
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError,
+                AttributeError, TypeError, RuntimeError, KeyError, IndexError)
 """What a Redis call can fail with: a server or connection error, a socket error, a
-deadline, or a cluster client that cannot reach any node or finds a slot unserved
-(`RedisClusterException` is not a `RedisError`)."""
+deadline, a cluster client that cannot reach any node or finds a slot unserved
+(`RedisClusterException` is not a `RedisError`), and what redis-py's asyncio cluster
+client lets escape while a dead node's connections are torn down under concurrent calls:
+AttributeError or TypeError on a connection whose writer went away mid-call, RuntimeError
+from a closed transport, KeyError for a slot missing from its map (seen here with a
+master killed under load; redis-py issues 3546, 3815, 3835). Catch it only around calls
+to a Redis client, where any of these means the call failed."""
 
 
 class RedisURLError(ValueError):

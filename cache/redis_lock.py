@@ -4,6 +4,7 @@ With a `RedisPipe` the lock is taken on the request path's pipelined connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from cache.layer import LayerError
 from cache.redis_client import REDIS_ERRORS
 from cache.redis_pipe import RedisPipe
 
+RELEASE_TRIES = 6  # a release Redis did not answer: tried again for about 10 s (backing off from the timeout to 2 s)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -22,6 +24,7 @@ class RedisLock:
         self.pipe = pipe
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self.owner = uuid.uuid4().hex[:16]  # this process: the start of every token it takes
         self._giving_back: set[asyncio.Task] = set()
 
     def _k(self, key: Key) -> str:
@@ -34,7 +37,7 @@ class RedisLock:
         broke, or the caller was cancelled) may still have taken the lock on the server; its
         token is given back at once (compare-and-delete: harmless if it was not taken), so no
         other replica waits out the lock's expiry for a leader that does not exist."""
-        token = uuid.uuid4().hex
+        token = f"{self.owner}.{uuid.uuid4().hex}"
         try:
             async with asyncio.timeout(self.timeout_s):
                 px = max(1, int(ttl_s * 1000))
@@ -50,6 +53,21 @@ class RedisLock:
             raise
         return token if ok else None
 
+    async def held_here(self, key: Key) -> bool:
+        """Whether this process holds the key's lock (any of its tokens). Raises LayerError.
+
+        For a leader told the lock is taken: within a process one flight per key leads, so a
+        lock of this process's is a leftover, an acquisition whose answer was lost (being
+        given back) or the release of a flight just finished, not a leader to wait for."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                value = await self.client.get(self._k(key))
+        except REDIS_ERRORS as exc:
+            raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        return bool(value) and value.startswith(self.owner + ".")
+
     def _give_back(self, key: Key, token: str) -> None:
         task = asyncio.ensure_future(self._release_unanswered(key, token))
         self._giving_back.add(task)
@@ -57,23 +75,42 @@ class RedisLock:
 
     async def release(self, key: Key, token: str) -> bool:
         """True when our lock was there and is gone; False when it was not ours (or not
-        there), or Redis did not answer: then it expires by itself."""
+        there), or Redis did not answer: then the release is retried in the background
+        (bounded), since a replica waiting for our entry takes the lock over only once it
+        is free, and would otherwise wait until it expires."""
+        try:
+            return await self._delete_if_ours(key, token)
+        except LayerError:
+            self._give_back(key, token)
+            return False
+
+    async def _delete_if_ours(self, key: Key, token: str) -> bool:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self.pipe is not None:
                     deleted = await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
                 else:
                     deleted = await self.client.eval(_RELEASE, 1, self._k(key), token)
-        except REDIS_ERRORS:
-            return False
+        except REDIS_ERRORS as exc:
+            raise LayerError(f"redis lock release: {type(exc).__name__}: {exc}") from exc
         return bool(deleted)
 
     async def _release_unanswered(self, key: Key, token: str) -> None:
-        # Once now, and once more a deadline later: a SET sent on a connection that then
-        # broke can reach the server after a release sent on another connection.
-        if not await self.release(key, token):
-            await asyncio.sleep(self.timeout_s)
-            await self.release(key, token)
+        """Until Redis answers (RELEASE_TRIES at most, backing off), and once more a deadline
+        later when the lock was not there: a SET sent on a connection that then broke can
+        reach the server after a release sent on another connection."""
+        delay = self.timeout_s
+        for _ in range(RELEASE_TRIES):
+            try:
+                if await self._delete_if_ours(key, token):
+                    return
+                break
+            except LayerError:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+        await asyncio.sleep(self.timeout_s)
+        with contextlib.suppress(LayerError):
+            await self._delete_if_ours(key, token)
 
 
 class _Shared:

@@ -17,7 +17,7 @@ from cache.flight import Flight, Outcome, Upstart
 from cache.layer import LayerError
 from cache.redis_lock import Claim, RedisLock
 from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
-from cache.tiered import TieredCache
+from cache.tiered import Hit, TieredCache
 from policies.decision import Decision
 from proxy.errors import error_body
 from proxy.metrics import Metrics
@@ -91,8 +91,10 @@ class Pump:
             except LayerError as exc:
                 self.metrics.layer_error("redis", "lock", exc)  # fail open: go upstream ourselves
                 token = ""
+            if token is None and not await self._leader_elsewhere(key):
+                token = ""  # the lock is a leftover of this process's: go upstream
             if token is None:
-                hit = await self._await_peer(key)
+                hit, token = await self._await_peer(key)
                 if hit is not None:
                     flight.finish(Outcome(200, hit.entry.body, entry=hit.entry, via_peer=True))
                     return
@@ -102,7 +104,19 @@ class Pump:
             if token:
                 await self.lock.release(key, token)
 
-    async def _await_peer(self, key: str):
+    async def _leader_elsewhere(self, key: str) -> bool:
+        """Whether the key's lock, found taken, is another process's (a leader to wait for)."""
+        try:
+            return not await self.lock.held_here(key)
+        except LayerError as exc:
+            self.metrics.layer_error("redis", "lock", exc)
+            return False  # fail open: do not wait on a Redis that does not answer
+
+    async def _await_peer(self, key: str) -> tuple[Hit | None, str | None]:
+        """Wait for the replica holding the lock to store the entry: (its hit, None). When the
+        lock comes free with nothing stored (its leader got an error, an answer too large to
+        keep, a failed write, or died), take it and lead: (None, our token); when Redis
+        fails, or nothing came within `peer_wait_s`, go upstream without it: (None, "" or None)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.peer_wait_s
         delay = 0.02
@@ -110,9 +124,20 @@ class Pump:
             await asyncio.sleep(delay)
             hit = await self.cache.exact(key, None)
             if hit is not None and not hit.stale:
-                return hit
+                return hit, None
+            try:
+                token = await self.lock.acquire(key, self.lock_ttl_s)
+            except LayerError as exc:
+                self.metrics.layer_error("redis", "lock", exc)
+                return None, ""
+            if token is not None:
+                hit = await self.cache.exact(key, None)  # stored just before its leader let go
+                if hit is not None and not hit.stale:
+                    await self.lock.release(key, token)
+                    return hit, None
+                return None, token
             delay = min(delay * 1.5, 0.25)
-        return None
+        return None, None
 
     async def _run_upstream(self, flight: Flight, job: FetchJob) -> None:
         self.metrics.inflight.inc()

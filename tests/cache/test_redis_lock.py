@@ -114,3 +114,34 @@ async def test_redis_down_is_a_layer_error_for_the_leader(redis_proc, redis_url,
     finally:
         redis_proc.start()
         await pipe.aclose()
+
+
+class _FirstEvalLost:
+    """A client whose first EVAL gets no answer (a connection that broke), then works."""
+
+    def __init__(self, client) -> None:
+        self.client, self.lost = client, 0
+
+    async def eval(self, *args):
+        if not self.lost:
+            self.lost += 1
+            raise ConnectionError("connection lost")
+        return await self.client.eval(*args)
+
+
+async def test_a_release_redis_did_not_answer_is_retried_so_a_waiting_replica_can_lead(clients):
+    flaky = _FirstEvalLost(clients())
+    lock, other = RedisLock(flaky, prefix="t:", timeout_s=0.1), RedisLock(clients(), prefix="t:", timeout_s=0.5)
+    token = await RedisLock(flaky.client, prefix="t:", timeout_s=0.5).acquire("k", 60)
+    assert await lock.release("k", token) is False and flaky.lost == 1  # not answered: still held
+    # retried in the background: the lock comes free long before its 60 s expiry
+    await eventually_async(lambda: other.acquire("k", 60), 5, "the release retried")
+
+
+async def test_a_process_recognises_its_own_lock_and_not_another_replicas(lock, clients):
+    other = RedisLock(clients(), prefix="t:", timeout_s=0.5)
+    assert not await lock.held_here("k")  # free
+    token = await other.acquire("k", 30)
+    assert not await lock.held_here("k") and await other.held_here("k")
+    await other.release("k", token)
+    assert await lock.acquire("k", 30) and await lock.held_here("k")

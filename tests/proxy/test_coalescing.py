@@ -154,3 +154,21 @@ async def test_replicas_sharing_redis_coalesce_through_a_lock(make_proxy, slow_b
         assert backend_count(slow_backend) - n0 == 1
         assert len({r[2] for r in res}) == 1
         assert all(r[1] in ("MISS", "COALESCED") for r in res)
+
+
+async def test_a_replica_waiting_on_a_leader_that_stores_nothing_goes_upstream_once_the_lock_is_free(
+        make_proxy, slow_backend, redis_url):
+    """The leader's answer is too large to store (the same holds for an upstream error or a
+    write that failed): when it lets the lock go, the replica waiting for its entry takes the
+    lock and asks upstream itself, instead of waiting out follower_wait_s."""
+    kw = dict(redis={"url": redis_url}, cacheability={"max_entry_bytes": 10},
+              coalesce={"follower_wait_s": 600})
+    with make_proxy(slow_backend, **kw) as a, make_proxy(slow_backend, **kw) as b:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=30) as hc:
+            lead = asyncio.create_task(one(hc, a, "never stored", False))
+            await eventually_async(lambda: _inflight(a) == 1.0, 5, "a leading")
+            follow = asyncio.create_task(one(hc, b, "never stored", False))
+            res = await asyncio.gather(lead, follow)
+        assert [r[:2] for r in res] == [(200, "MISS"), (200, "MISS")]
+        assert backend_count(slow_backend) - n0 == 2  # b went upstream after a, not alongside it

@@ -81,6 +81,41 @@ async def test_replicas_on_a_sentinel_url_share_l2_through_a_failover(make_proxy
                 assert new.dbsize() > keys_before  # the entries went to the new master
 
 
+async def test_replicas_on_a_cluster_url_lose_no_request_when_a_master_dies(make_proxy, backend_url, redis_cluster):
+    """Two proxies on a redis+cluster:// URL: killing one of the three masters fails no
+    request (its keys are misses); once it is back, L2 is shared again without a restart."""
+    redis_cluster.flush()
+    redis_cfg = {"url": redis_cluster.url, "timeout_s": 0.3, "breaker_reset_s": 0.3}
+    with make_proxy(backend_url, redis=redis_cfg) as a, make_proxy(backend_url, redis=redis_cfg) as b:
+        async with httpx.AsyncClient(timeout=30) as hc:
+            async def ask(url: str, text: str) -> httpx.Response:
+                r = await hc.post(url + "/v1/chat/completions", json=chat(text))
+                assert r.status_code == 200, r.text
+                return r
+
+            for i in range(12):
+                await ask(a, f"shared {i}")
+            assert all([(await ask(b, f"shared {i}")).headers.get("x-cache-layer") == "L2" for i in range(12)])
+            dead = redis_cluster.nodes[0]
+            dead.kill()
+            try:
+                await asyncio.gather(*[ask(px, f"during {i}") for i in range(20) for px in (a, b)])
+            finally:
+                dead.start()
+            n = 0
+
+            async def shared_again() -> bool:
+                nonlocal n
+                n += 1
+                texts = [f"after {n}.{i}" for i in range(6)]  # spread over the slots: one lands on the returned master
+                for t in texts:
+                    await ask(a, t)
+                layers = [(await ask(b, t)).headers.get("x-cache-layer") for t in texts]
+                return layers == ["L2"] * len(texts)
+
+            await eventually_async(shared_again, 30, "L2 shared again on every master", interval=0.3)
+
+
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
                                                                                  max_size=4), max_leaves=12)
