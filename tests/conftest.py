@@ -230,14 +230,17 @@ class SentinelGroup:
 
 
 class ClusterGroup:
-    """A Redis Cluster of `masters` real redis-server processes (no replicas) on free loopback
-    ports, the 16384 slots split evenly between them. `url` is the proxy's redis+cluster://
-    URL, naming every node as a seed."""
+    """A Redis Cluster of `masters` real redis-server processes on free loopback ports, the
+    16384 slots split evenly between them, each with `replicas` replicas. `url` is the
+    proxy's redis+cluster:// URL, naming every master as a seed."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
-        self.nodes = [RedisProcess(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                    "--cluster-node-timeout", str(node_timeout_ms)), port=free_cluster_port())
-                      for _ in range(masters)]
+    def __init__(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        def node() -> RedisProcess:
+            return RedisProcess(("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                 "--cluster-node-timeout", str(node_timeout_ms)), port=free_cluster_port())
+
+        self.nodes = [node() for _ in range(masters)]
+        self.replicas = [node() for _ in range(masters * replicas)]  # replica i follows master i % masters
 
     @property
     def url(self) -> str:
@@ -267,16 +270,46 @@ class ClusterGroup:
             return True
 
         eventually(formed, 20, "the cluster forming", interval=0.1)
+        for i, replica in enumerate(self.replicas):
+            replica.start()
+            master = self.nodes[i % len(self.nodes)]
+            with redis.Redis(port=master.port, socket_timeout=2) as r:
+                master_id = r.execute_command("CLUSTER MYID").decode()
+            with redis.Redis(port=replica.port, socket_timeout=2) as r:
+                r.execute_command("CLUSTER MEET", "127.0.0.1", master.port)
+
+                def replicating(r=r, master_id=master_id) -> bool:
+                    try:
+                        r.execute_command("CLUSTER REPLICATE", master_id)  # once the replica knows the master
+                    except redis.ResponseError:
+                        return False
+                    return r.info("replication").get("master_link_status") == "up"
+
+                eventually(replicating, 20, "a replica in sync", interval=0.1)
+
+    def master_port(self, key: str) -> int:
+        """The port of the master that owns `key`'s slot now, as a live node sees it."""
+        import redis
+
+        for node in self.nodes + self.replicas:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            with redis.Redis(port=node.port, socket_timeout=2) as r:
+                slot = r.execute_command("CLUSTER KEYSLOT", key)
+                for start, end, master, *_ in r.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1])
+        raise RuntimeError("no live cluster node")
 
     def flush(self) -> None:
         import redis
 
-        for node in self.nodes:
+        for node in self.nodes:  # the masters; replicas follow
             with redis.Redis(port=node.port, socket_timeout=2) as r:
                 r.flushall()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.replicas:
             node.stop()
 
 

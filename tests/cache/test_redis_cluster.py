@@ -23,7 +23,7 @@ from cache.vector_store import RedisVectorStore
 from policies.invalidation import Ban
 from proxy.settings import ConfigError, load_settings
 from tests.cache.test_layer_contract import entry
-from tests.conftest import eventually_async
+from tests.conftest import ClusterGroup, eventually_async
 
 TIMEOUT = 0.5
 
@@ -187,3 +187,45 @@ async def test_a_dead_master_is_an_error_within_the_deadline_and_its_return_is_p
             return False
 
     await eventually_async(serving_again, 20, "the cluster serving again", interval=0.2)
+
+
+@pytest.fixture
+def replicated_cluster():
+    """Three masters with a replica each: its own cluster, since a failover changes who is master."""
+    group = ClusterGroup(replicas=1)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+async def test_l2_follows_a_master_failing_over_to_its_replica(replicated_cluster):
+    cluster = replicated_cluster
+    layer = RedisLayer(make_client(cluster.url, TIMEOUT), prefix="t:", timeout_s=TIMEOUT,
+                       breaker=CircuitBreaker(3, 0.2, time.monotonic))
+    try:
+        keys = [f"k{i}" for i in range(30)]
+        for k in keys:
+            await layer.set(k, entry(k))
+        for node in cluster.nodes:  # every write has reached its master's replica
+            with redis.Redis(port=node.port) as r:
+                assert r.execute_command("WAIT", 1, 2000) == 1
+        victim = cluster.nodes[0]
+        moved = [k for k in keys if cluster.master_port(f"t:e:{k}") == victim.port]
+        assert moved
+        victim.kill()
+        # the replica is elected once the others see the master down (node timeout: 2 s)
+        await eventually_async(lambda: cluster.master_port(f"t:e:{moved[0]}") != victim.port, 20, "the failover")
+
+        async def all_served() -> bool:
+            try:
+                await layer.set("after", entry("after"))
+                return all([bool(await layer.get(k)) for k in keys + ["after"]])
+            except LayerError:  # until the client has the new slot map
+                return False
+
+        await eventually_async(all_served, 20, "L2 on the new master", interval=0.2)
+        assert b"k3" in (await layer.get("k3")).body
+    finally:
+        await layer.aclose()
