@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -48,10 +49,11 @@ async def test_redis_killed_during_load_fails_no_request_and_recovers(make_proxy
         assert len(statuses) >= 160
 
 
-async def test_replicas_on_a_sentinel_url_share_l2_through_a_failover(make_proxy, backend_url, sentinel_group):
-    """Two proxies find the master through Redis Sentinel; after a failover they follow the
-    new master, no request fails meanwhile, and L2 is shared again."""
-    redis_cfg = {"url": sentinel_group.url, "timeout_s": 0.3, "breaker_reset_s": 0.3}
+@contextlib.asynccontextmanager
+async def two_replicas(make_proxy, backend_url: str, redis_url: str):
+    """Two proxies sharing `redis_url` (short Redis deadlines), and `ask(proxy, text)`, which
+    asserts the answer is a 200 and returns it."""
+    redis_cfg = {"url": redis_url, "timeout_s": 0.3, "breaker_reset_s": 0.3}
     with make_proxy(backend_url, redis=redis_cfg) as a, make_proxy(backend_url, redis=redis_cfg) as b:
         async with httpx.AsyncClient(timeout=30) as hc:
             async def ask(url: str, text: str) -> httpx.Response:
@@ -59,61 +61,61 @@ async def test_replicas_on_a_sentinel_url_share_l2_through_a_failover(make_proxy
                 assert r.status_code == 200, r.text
                 return r
 
-            assert (await ask(a, "before the failover")).headers["x-cache-status"] == "MISS"
-            assert (await ask(b, "before the failover")).headers.get("x-cache-layer") == "L2"
-            old_port = sentinel_group.master_port()
-            new_port = await asyncio.to_thread(sentinel_group.failover)
-            assert new_port != old_port
-            with redis.Redis(port=old_port) as old:  # until demoted, the old master still takes writes
-                await eventually_async(lambda: old.execute_command("ROLE")[0] == b"slave", 15, "old master demoted")
-            with redis.Redis(port=new_port) as new:
-                keys_before = new.dbsize()
-            n = 0
+            yield a, b, ask
 
-            async def shared_again() -> bool:
-                nonlocal n
-                n += 1
-                await ask(a, f"after the failover {n}")
-                return (await ask(b, f"after the failover {n}")).headers.get("x-cache-layer") == "L2"
 
-            await eventually_async(shared_again, 20, "L2 shared through the new master", interval=0.3)
-            with redis.Redis(port=new_port) as new:
-                assert new.dbsize() > keys_before  # the entries went to the new master
+async def test_replicas_on_a_sentinel_url_share_l2_through_a_failover(make_proxy, backend_url, sentinel_group):
+    """Two proxies find the master through Redis Sentinel; after a failover they follow the
+    new master, no request fails meanwhile, and L2 is shared again."""
+    async with two_replicas(make_proxy, backend_url, sentinel_group.url) as (a, b, ask):
+        assert (await ask(a, "before the failover")).headers["x-cache-status"] == "MISS"
+        assert (await ask(b, "before the failover")).headers.get("x-cache-layer") == "L2"
+        old_port = sentinel_group.master_port()
+        new_port = await asyncio.to_thread(sentinel_group.failover)
+        assert new_port != old_port
+        with redis.Redis(port=old_port) as old:  # until demoted, the old master still takes writes
+            await eventually_async(lambda: old.execute_command("ROLE")[0] == b"slave", 15, "old master demoted")
+        with redis.Redis(port=new_port) as new:
+            keys_before = new.dbsize()
+        n = 0
+
+        async def shared_again() -> bool:
+            nonlocal n
+            n += 1
+            await ask(a, f"after the failover {n}")
+            return (await ask(b, f"after the failover {n}")).headers.get("x-cache-layer") == "L2"
+
+        await eventually_async(shared_again, 20, "L2 shared through the new master", interval=0.3)
+        with redis.Redis(port=new_port) as new:
+            assert new.dbsize() > keys_before  # the entries went to the new master
 
 
 async def test_replicas_on_a_cluster_url_lose_no_request_when_a_master_dies(make_proxy, backend_url, redis_cluster):
     """Two proxies on a redis+cluster:// URL: killing one of the three masters fails no
     request (its keys are misses); once it is back, L2 is shared again without a restart."""
     redis_cluster.flush()
-    redis_cfg = {"url": redis_cluster.url, "timeout_s": 0.3, "breaker_reset_s": 0.3}
-    with make_proxy(backend_url, redis=redis_cfg) as a, make_proxy(backend_url, redis=redis_cfg) as b:
-        async with httpx.AsyncClient(timeout=30) as hc:
-            async def ask(url: str, text: str) -> httpx.Response:
-                r = await hc.post(url + "/v1/chat/completions", json=chat(text))
-                assert r.status_code == 200, r.text
-                return r
+    async with two_replicas(make_proxy, backend_url, redis_cluster.url) as (a, b, ask):
+        for i in range(12):
+            await ask(a, f"shared {i}")
+        assert all([(await ask(b, f"shared {i}")).headers.get("x-cache-layer") == "L2" for i in range(12)])
+        dead = redis_cluster.nodes[0]
+        dead.kill()
+        try:
+            await asyncio.gather(*[ask(px, f"during {i}") for i in range(20) for px in (a, b)])
+        finally:
+            dead.start()
+        n = 0
 
-            for i in range(12):
-                await ask(a, f"shared {i}")
-            assert all([(await ask(b, f"shared {i}")).headers.get("x-cache-layer") == "L2" for i in range(12)])
-            dead = redis_cluster.nodes[0]
-            dead.kill()
-            try:
-                await asyncio.gather(*[ask(px, f"during {i}") for i in range(20) for px in (a, b)])
-            finally:
-                dead.start()
-            n = 0
+        async def shared_again() -> bool:
+            nonlocal n
+            n += 1
+            texts = [f"after {n}.{i}" for i in range(6)]  # spread over the slots: one lands on the returned master
+            for t in texts:
+                await ask(a, t)
+            layers = [(await ask(b, t)).headers.get("x-cache-layer") for t in texts]
+            return layers == ["L2"] * len(texts)
 
-            async def shared_again() -> bool:
-                nonlocal n
-                n += 1
-                texts = [f"after {n}.{i}" for i in range(6)]  # spread over the slots: one lands on the returned master
-                for t in texts:
-                    await ask(a, t)
-                layers = [(await ask(b, t)).headers.get("x-cache-layer") for t in texts]
-                return layers == ["L2"] * len(texts)
-
-            await eventually_async(shared_again, 30, "L2 shared again on every master", interval=0.3)
+        await eventually_async(shared_again, 30, "L2 shared again on every master", interval=0.3)
 
 
 JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
