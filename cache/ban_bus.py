@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
-import redis.asyncio as aioredis
 
 from cache.layer import LayerError
-from cache.redis_client import REDIS_ERRORS, open_pubsub
+from cache.redis_client import REDIS_ERRORS, Client, open_pubsub
 from policies.invalidation import Ban
 
 log = logging.getLogger("stratacache.bans")
@@ -27,7 +26,7 @@ OnPurge = Callable[[list[str]], Awaitable[None]]
 
 
 class BanBus:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, ban_lifetime_s: float,
+    def __init__(self, client: Client, *, prefix: str, timeout_s: float, ban_lifetime_s: float,
                  on_ban: OnBan, on_purge: OnPurge) -> None:
         self.client = client
         self.hash = f"{prefix}bans"

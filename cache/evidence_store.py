@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar, runtime_checkable
 
 import orjson
-import redis.asyncio as aioredis
 from cachetools import LRUCache, TTLCache
 
 from cache.breaker import CircuitBreaker
 from cache.entry import Key
 from cache.layer import LayerError
+from cache.redis_client import Client
 from cache.redis_call import redis_call
 from policies.calibration import Evidence
 
@@ -81,7 +81,7 @@ class MemoryEvidenceStore:
 class RedisEvidenceStore:
     """Evidence in the Redis hash `{prefix}ev`, read through a small local cache."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
+    def __init__(self, client: Client, *, prefix: str, timeout_s: float, breaker: CircuitBreaker,
                  cache_entries: int = 10_000, cache_ttl_s: float = 30.0, max_keys: int = 200_000,
                  cas_retries: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client

@@ -5,7 +5,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-
 from cache.breaker import CircuitBreaker, CircuitOpen
 from cache.layer import LayerError
 from cache.redis_client import REDIS_ERRORS

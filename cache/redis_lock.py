@@ -7,11 +7,9 @@ import asyncio
 import contextlib
 import uuid
 
-import redis.asyncio as aioredis
-
 from cache.entry import Key
 from cache.layer import LayerError
-from cache.redis_client import REDIS_ERRORS
+from cache.redis_client import REDIS_ERRORS, Client
 from cache.redis_pipe import RedisPipe
 
 RELEASE_TRIES = 6  # a release Redis did not answer: tried again for about 10 s (backing off from the timeout to 2 s)
@@ -19,7 +17,7 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 
 class RedisLock:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout_s: float, pipe: RedisPipe | None = None) -> None:
+    def __init__(self, client: Client, *, prefix: str, timeout_s: float, pipe: RedisPipe | None = None) -> None:
         self.client = client
         self.pipe = pipe
         self.prefix = prefix
