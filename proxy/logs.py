@@ -28,3 +28,6 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [h]
     root.setLevel(level.upper())
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # faiss >= 1.9 dispatches to AVX2/AVX-512 inside one library; its loader still logs, at
+    # info, that the older per-ISA modules are missing, which reads like a failure
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
