@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import numpy as np
+from redis.exceptions import ResponseError
 
 from cache.entry import Key
 from cache.layer import LayerError
@@ -112,6 +113,8 @@ class RedisVectorStore:
         self.client = client
         self.hash_key = f"{{{prefix}l3}}vec"
         self.stream_key = f"{{{prefix}l3}}log"
+        self._legacy_keys = ((f"{prefix}vec", self.hash_key), (f"{prefix}l3log", self.stream_key))
+        self._legacy_checked = False
         self.timeout = timeout
         self.stream_maxlen = stream_maxlen
         # XREAD BLOCK must return before the socket times out, and within a second so that
@@ -165,6 +168,7 @@ class RedisVectorStore:
         Returns the number of vectors loaded; `follow` continues from the stream position
         read before the scan. Raises `LayerError` if Redis fails.
         """
+        await self._adopt_legacy_keys()
         async with self._deadline("rebuild"):
             last = await self.client.xrevrange(self.stream_key, "+", "-", count=1)
         last_id = last[0][0] if last else b"0-0"
@@ -199,6 +203,19 @@ class RedisVectorStore:
         self.stats["rebuilds"] += 1
         log.info("rebuilt the semantic index from redis: %d vectors, %d stale keys dropped", len(seen), len(stale))
         return len(seen)
+
+    async def _adopt_legacy_keys(self) -> None:
+        """Versions before Cluster support named the keys `{prefix}vec` and `{prefix}l3log`:
+        a Redis they wrote keeps its vectors (RENAMENX, once per store; on Cluster the old
+        names, in other slots, cannot be renamed and are left alone)."""
+        if self._legacy_checked:
+            return
+        for old, new in self._legacy_keys:
+            async with self._deadline("rebuild"):
+                if await self.client.exists(old):
+                    with contextlib.suppress(ResponseError):  # CROSSSLOT on Cluster
+                        await self.client.renamenx(old, new)
+        self._legacy_checked = True
 
     async def follow(self, index: SemanticIndex, stop: asyncio.Event, *,
                      on_event: EventCallback | None = None) -> None:

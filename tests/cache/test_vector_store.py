@@ -152,3 +152,15 @@ async def test_publish_has_its_own_deadline_when_redis_hangs(redis_url, redis_pr
     # a deadline means "outcome unknown": the MULTI already sent may still have run
     assert {b"warm", b"after"} <= set(await client.hkeys(s.hash_key))
     await client.aclose()
+
+
+async def test_vectors_under_the_keys_older_versions_wrote_are_adopted(clients, rng):
+    """Before Cluster support the keys were not hash-tagged: `sc:vec` and `sc:l3log`."""
+    raw = clients()
+    v = unit(rng)
+    await raw.hset("sc:vec", "old-key", pack("p", v))
+    await raw.xadd("sc:l3log", {"op": "add", "key": "old-key", "partition": "p", "vec": v.tobytes()})
+    index = SemanticIndex(DIM)
+    s = store(clients())
+    assert await s.rebuild(index) == 1 and "old-key" in index
+    assert not await raw.exists("sc:vec", "sc:l3log") and await raw.exists(s.hash_key, s.stream_key) == 2
