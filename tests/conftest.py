@@ -259,17 +259,17 @@ class ClusterGroup:
                 if i:
                     r.execute_command("CLUSTER MEET", "127.0.0.1", self.nodes[0].port)
 
-        def formed() -> bool:  # every node sees every other and the whole slot map, and says ok
-            for node in self.nodes:
+        def formed(nodes: list[RedisProcess]) -> bool:  # each sees every other and the whole slot map, says ok
+            for node in nodes:
                 with redis.Redis(port=node.port, socket_timeout=1) as r:
                     info = r.execute_command("CLUSTER INFO")
-                    if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+                    if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(nodes):
                         return False
                     if len(r.execute_command("CLUSTER SLOTS")) != len(self.nodes):
                         return False
             return True
 
-        eventually(formed, 20, "the cluster forming", interval=0.1)
+        eventually(lambda: formed(self.nodes), 20, "the cluster forming", interval=0.1)
         for i, replica in enumerate(self.replicas):
             replica.start()
             master = self.nodes[i % len(self.nodes)]
@@ -286,6 +286,9 @@ class ClusterGroup:
                     return r.info("replication").get("master_link_status") == "up"
 
                 eventually(replicating, 20, "a replica in sync", interval=0.1)
+        if self.replicas:  # a master that has not heard of a replica would not vote for it in a failover
+            eventually(lambda: formed(self.nodes + self.replicas), 20, "every node knowing every replica",
+                       interval=0.1)
 
     def master_port(self, key: str) -> int:
         """The port of the master that owns `key`'s slot now, as a live node sees it."""

@@ -89,7 +89,7 @@ async def test_entries_spread_over_the_masters_and_stats_count_them_all(cluster,
 
 async def test_vectors_are_shared_between_replicas_through_one_slot(cluster, clients):
     rng = np.random.default_rng(3)
-    vecs = {f"k{i}": (v := rng.standard_normal(16).astype(np.float32)) / np.linalg.norm(v) for i in range(5)}
+    vecs = {f"k{i}": v / np.linalg.norm(v) for i, v in enumerate(rng.standard_normal((5, 16)).astype(np.float32))}
     a, b = RedisVectorStore(clients(), timeout=TIMEOUT), RedisVectorStore(clients(), timeout=TIMEOUT)
     for key, v in list(vecs.items())[:3]:
         await a.publish_add(key, v, "p")  # hash and stream in one MULTI: one slot
@@ -229,3 +229,45 @@ async def test_l2_follows_a_master_failing_over_to_its_replica(replicated_cluste
         assert b"k3" in (await layer.get("k3")).body
     finally:
         await layer.aclose()
+
+
+async def test_the_vector_stream_follows_its_master_failing_over(replicated_cluster):
+    """The vector hash and stream live on one master (one hash tag): when it fails over, the
+    follower rebuilds from its promoted replica and keeps applying new adds."""
+    cluster = replicated_cluster
+    a_client, b_client = make_client(cluster.url, TIMEOUT), make_client(cluster.url, TIMEOUT)
+    a = RedisVectorStore(a_client, timeout=TIMEOUT)
+    b = RedisVectorStore(b_client, timeout=TIMEOUT, backoff_min=0.05, backoff_max=0.5)
+    rng = np.random.default_rng(5)
+
+    def vec() -> np.ndarray:
+        v = rng.standard_normal(16).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    index, stop = SemanticIndex(16), asyncio.Event()
+    follower = asyncio.create_task(b.follow(index, stop))
+    try:
+        await a.publish_add("before", vec(), "p")
+        await eventually_async(lambda: "before" in index, 5, "following")
+        port = cluster.master_port(a.hash_key)
+        with redis.Redis(port=port) as r:
+            assert r.execute_command("WAIT", 1, 2000) == 1
+        victim = next(n for n in cluster.nodes if n.port == port)
+        victim.kill()
+        await eventually_async(lambda: cluster.master_port(a.hash_key) != port, 20, "the failover")
+
+        async def added_after() -> bool:
+            try:
+                await a.publish_add("after", vec(), "p")
+                return True
+            except LayerError:  # until the client has the new slot map
+                return False
+
+        await eventually_async(added_after, 20, "an add on the new master", interval=0.2)
+        await eventually_async(lambda: "after" in index and "before" in index, 20, "the follower on the new master")
+        assert b.stats["errors"] >= 1  # it lost the old master, then rebuilt
+    finally:
+        stop.set()
+        await follower
+        await a_client.aclose()
+        await b_client.aclose()
