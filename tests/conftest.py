@@ -316,27 +316,26 @@ class ClusterGroup:
             node.stop()
 
 
-@pytest.fixture(scope="module")
-def redis_cluster():
-    """One cluster per test module, flushed by the tests that need it empty."""
-    group = ClusterGroup()
+def running(group):
+    """For a fixture: start a group of servers, yield it, and stop it, also when it fails to start."""
     try:
         group.start()
         yield group
     finally:
         group.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """One cluster per test module, flushed by the tests that need it empty."""
+    yield from running(ClusterGroup())
 
 
 @pytest.fixture(scope="module")
 def sentinel_group():
     """One group per test module: a module's tests that fail over run one at a time and
     each asks the sentinel where the master is."""
-    group = SentinelGroup()
-    try:
-        group.start()
-        yield group
-    finally:
-        group.stop()
+    yield from running(SentinelGroup())
 
 
 @pytest.fixture(scope="session")

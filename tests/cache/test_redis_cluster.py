@@ -23,7 +23,7 @@ from cache.vector_store import RedisVectorStore
 from policies.invalidation import Ban
 from proxy.settings import ConfigError, load_settings
 from tests.cache.test_layer_contract import entry
-from tests.conftest import ClusterGroup, eventually_async
+from tests.conftest import ClusterGroup, eventually_async, running
 
 TIMEOUT = 0.5
 
@@ -192,12 +192,7 @@ async def test_a_dead_master_is_an_error_within_the_deadline_and_its_return_is_p
 @pytest.fixture
 def replicated_cluster():
     """Three masters with a replica each: its own cluster, since a failover changes who is master."""
-    group = ClusterGroup(replicas=1)
-    try:
-        group.start()
-        yield group
-    finally:
-        group.stop()
+    yield from running(ClusterGroup(replicas=1))
 
 
 async def test_l2_follows_a_master_failing_over_to_its_replica(replicated_cluster):
