@@ -1,5 +1,7 @@
-"""Cross-replica single flight: a Redis lock with an expiry (SET NX PX), so a dead
-leader frees it by itself. Release deletes only our own token (compare-and-delete).
+"""Cross-replica single flight: a Redis lock with a short expiry (SET NX PX) that its
+leader renews while it generates (`hold`), so a dead leader's lock frees itself soon and
+a live one keeps it however long the answer takes. Release deletes only our own token
+(compare-and-delete).
 With a `RedisPipe` the lock is taken on the request path's pipelined connection."""
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from cache.redis_client import REDIS_ERRORS, Client
 from cache.redis_pipe import RedisPipe
 
 RELEASE_TRIES = 6  # a release Redis did not answer: tried again for about 10 s (backing off from the timeout to 2 s)
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -70,6 +73,28 @@ class RedisLock:
         task = asyncio.ensure_future(self._release_unanswered(key, token))
         self._giving_back.add(task)
         task.add_done_callback(self._giving_back.discard)
+
+    async def renew(self, key: Key, token: str, ttl_s: float) -> bool:
+        """Push our lock's expiry `ttl_s` ahead (compare-and-expire). False when it is no
+        longer ours; raises LayerError when Redis did not answer."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                renewed = await self.client.eval(_RENEW, 1, self._k(key), token, max(1, int(ttl_s * 1000)))
+        except REDIS_ERRORS as exc:
+            raise LayerError(f"redis lock renew: {type(exc).__name__}: {exc}") from exc
+        return bool(renewed)
+
+    async def hold(self, key: Key, token: str, ttl_s: float) -> None:
+        """Renew our lock every third of `ttl_s` until cancelled or it is no longer ours, so
+        that its expiry can be short (a dead leader frees it soon) while a long generation
+        keeps it. A renewal Redis did not answer is tried again at the next tick."""
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                if not await self.renew(key, token, ttl_s):
+                    return
+            except LayerError:
+                continue
 
     async def release(self, key: Key, token: str) -> bool:
         """True when our lock was there and is gone; False when it was not ours (or not

@@ -66,7 +66,7 @@ def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | Non
 
 class Pump:
     def __init__(self, *, upstream: Upstream, cache: TieredCache, metrics: Metrics, clock: Callable[[], float],
-                 max_entry_bytes: int, lock: RedisLock | None = None, lock_ttl_s: float = 120.0,
+                 max_entry_bytes: int, lock: RedisLock | None = None, lock_ttl_s: float = 10.0,
                  peer_wait_s: float = 60.0,
                  after_commit: Callable[[FetchJob, Entry], None] | None = None) -> None:
         self.upstream = upstream
@@ -98,10 +98,12 @@ class Pump:
                 if hit is not None:
                     flight.finish(Outcome(200, hit.entry.body, entry=hit.entry, via_peer=True))
                     return
+        holding = asyncio.ensure_future(self.lock.hold(key, token, self.lock_ttl_s)) if token else None
         try:
             await self._run_upstream(flight, job)
         finally:
-            if token:
+            if holding is not None:
+                holding.cancel()
                 await self.lock.release(key, token)
 
     async def _leader_elsewhere(self, key: str) -> bool:

@@ -130,7 +130,7 @@ class UpstreamSettings(_Section):
 
 class CoalesceSettings(_Section):
     enabled: bool = True
-    lock_ttl_s: float = Field(default=120.0, gt=0)
+    lock_ttl_s: float = Field(default=10.0, gt=0)  # renewed by its leader every third of it
     follower_wait_s: float = Field(default=60.0, ge=0)
 
 

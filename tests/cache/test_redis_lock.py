@@ -145,3 +145,24 @@ async def test_a_process_recognises_its_own_lock_and_not_another_replicas(lock, 
     assert not await lock.held_here("k") and await other.held_here("k")
     await other.release("k", token)
     assert await lock.acquire("k", 30) and await lock.held_here("k")
+
+
+async def test_a_held_lock_is_renewed_and_expires_once_let_go(lock, clients):
+    raw, other = clients(), RedisLock(clients(), prefix="t:", timeout_s=0.5)
+    token = await lock.acquire("k", 0.3)
+    assert not await lock.renew("k", "not-the-token", 0.3)
+    holding = asyncio.create_task(lock.hold("k", token, 0.3))
+    lowest = [300]
+
+    async def renewed() -> bool:  # the expiry ran down, then was pushed ahead again
+        pttl = await raw.pttl("t:lock:k")
+        assert pttl > 0, "the lock expired while held"
+        lowest[0] = min(lowest[0], pttl)
+        return pttl > lowest[0] + 50
+
+    for _ in range(3):  # several renewals: the lock outlives its 0.3 s expiry
+        lowest[0] = 300
+        await eventually_async(renewed, 5, "a renewal")
+    assert await other.acquire("k", 0.3) is None
+    holding.cancel()
+    await eventually_async(lambda: other.acquire("k", 0.3), 5, "the lock expiring once let go")

@@ -172,3 +172,17 @@ async def test_a_replica_waiting_on_a_leader_that_stores_nothing_goes_upstream_o
             res = await asyncio.gather(lead, follow)
         assert [r[:2] for r in res] == [(200, "MISS"), (200, "MISS")]
         assert backend_count(slow_backend) - n0 == 2  # b went upstream after a, not alongside it
+
+
+async def test_a_leader_keeps_its_lock_for_as_long_as_it_generates(make_proxy, slow_backend, redis_url):
+    """The lock's expiry is short (a dead leader frees it soon) and the leader renews it while
+    it runs: a generation longer than lock_ttl_s still makes one upstream call across replicas."""
+    kw = dict(redis={"url": redis_url}, coalesce={"lock_ttl_s": 0.3})
+    with make_proxy(slow_backend, **kw) as a, make_proxy(slow_backend, **kw) as b:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=30) as hc:
+            lead = asyncio.create_task(one(hc, a, "a long answer", False))  # 0.3 s to the first token, then 0.5 s
+            await eventually_async(lambda: _inflight(a) == 1.0, 5, "a leading")
+            res = await asyncio.gather(lead, one(hc, b, "a long answer", False))
+        assert backend_count(slow_backend) - n0 == 1
+        assert res[0][2] == res[1][2]
