@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from cache.entry import Key
 from cache.layer import LayerError
 from cache.redis_client import REDIS_ERRORS, Client
 from cache.redis_pipe import RedisPipe
+
+T = TypeVar("T")
 
 RELEASE_TRIES = 6  # a release Redis did not answer: tried again for about 10 s (backing off from the timeout to 2 s)
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -39,20 +43,23 @@ class RedisLock:
         token is given back at once (compare-and-delete: harmless if it was not taken), so no
         other replica waits out the lock's expiry for a leader that does not exist."""
         token = f"{self.owner}.{uuid.uuid4().hex}"
+        px = max(1, int(ttl_s * 1000))
         try:
-            async with asyncio.timeout(self.timeout_s):
-                px = max(1, int(ttl_s * 1000))
-                if self.pipe is not None:
-                    ok = await self.pipe.execute(b"SET", self._k(key), token, b"NX", b"PX", px)
-                else:
-                    ok = await self.client.set(self._k(key), token, nx=True, px=px)
-        except REDIS_ERRORS as exc:
-            self._give_back(key, token)
-            raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
-        except asyncio.CancelledError:
+            ok = await self._call("acquire", (lambda: self.pipe.execute(b"SET", self._k(key), token, b"NX", b"PX", px))
+                                  if self.pipe is not None else
+                                  (lambda: self.client.set(self._k(key), token, nx=True, px=px)))
+        except (LayerError, asyncio.CancelledError):
             self._give_back(key, token)
             raise
         return token if ok else None
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """One Redis call within the lock's deadline; its failures become LayerError."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await fn()
+        except REDIS_ERRORS as exc:
+            raise LayerError(f"redis lock {what}: {type(exc).__name__}: {exc}") from exc
 
     async def held_here(self, key: Key) -> bool:
         """Whether this process holds the key's lock (any of its tokens). Raises LayerError.
@@ -60,11 +67,7 @@ class RedisLock:
         For a leader told the lock is taken: within a process one flight per key leads, so a
         lock of this process's is a leftover, an acquisition whose answer was lost (being
         given back) or the release of a flight just finished, not a leader to wait for."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                value = await self.client.get(self._k(key))
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"redis lock: {type(exc).__name__}: {exc}") from exc
+        value = await self._call("get", lambda: self.client.get(self._k(key)))
         if isinstance(value, bytes):
             value = value.decode(errors="replace")
         return bool(value) and value.startswith(self.owner + ".")
@@ -77,12 +80,8 @@ class RedisLock:
     async def renew(self, key: Key, token: str, ttl_s: float) -> bool:
         """Push our lock's expiry `ttl_s` ahead (compare-and-expire). False when it is no
         longer ours; raises LayerError when Redis did not answer."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                renewed = await self.client.eval(_RENEW, 1, self._k(key), token, max(1, int(ttl_s * 1000)))
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"redis lock renew: {type(exc).__name__}: {exc}") from exc
-        return bool(renewed)
+        px = max(1, int(ttl_s * 1000))
+        return bool(await self._call("renew", lambda: self.client.eval(_RENEW, 1, self._k(key), token, px)))
 
     async def hold(self, key: Key, token: str, ttl_s: float) -> None:
         """Renew our lock every third of `ttl_s` until cancelled or it is no longer ours, so
@@ -108,15 +107,9 @@ class RedisLock:
             return False
 
     async def _delete_if_ours(self, key: Key, token: str) -> bool:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                if self.pipe is not None:
-                    deleted = await self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token)
-                else:
-                    deleted = await self.client.eval(_RELEASE, 1, self._k(key), token)
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"redis lock release: {type(exc).__name__}: {exc}") from exc
-        return bool(deleted)
+        return bool(await self._call("release", (lambda: self.pipe.execute(b"EVAL", _RELEASE, 1, self._k(key), token))
+                                     if self.pipe is not None else
+                                     (lambda: self.client.eval(_RELEASE, 1, self._k(key), token))))
 
     async def _release_unanswered(self, key: Key, token: str) -> None:
         """Until Redis answers (RELEASE_TRIES at most, backing off), and once more a deadline
