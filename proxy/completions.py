@@ -5,12 +5,13 @@ replayed entry or a (possibly coalesced) upstream call out. No caching logic liv
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from cache.flight import Flight
@@ -46,12 +47,16 @@ async def handle(request: Request, route: str, svc: Services) -> Response:
     status_label, layer = "ERROR", ""
     resp: Response | None = None
     d: Decision | None = None
+    code = 500  # unless a response is made, or the client left first (499, nginx's code for it)
     try:
         resp, status_label, layer, d = await _handle(request, route, svc, rid)
         return resp
+    except (ClientDisconnect, asyncio.CancelledError):
+        code = 499
+        raise
     finally:
         dt = time.perf_counter() - t0
-        code = resp.status_code if resp is not None else 500
+        code = resp.status_code if resp is not None else code
         svc.metrics.record_request(route, code, status_label, layer, dt, isinstance(resp, StreamingResponse))
         if svc.access_log:
             rec = {"request_id": rid, "route": route, "status": code, "cache": status_label, "layer": layer,
@@ -74,10 +79,6 @@ class Refused(Exception):
 def _decision(request: Request, route: str, raw: bytes, svc: Services, base_headers: dict[str, str]) -> Decision:
     """Validate and decide. Raises Refused with a 4xx in the OpenAI shape."""
     limits = svc.settings.limits
-    if len(raw) > limits.max_body_bytes:
-        svc.metrics.rejected.labels("body_size").inc()
-        raise Refused(error_response(413, f"request body exceeds {limits.max_body_bytes} bytes",
-                                     code="request_too_large", headers=base_headers))
     hdrs = request.headers
     try:
         body = orjson.loads(raw)
@@ -101,9 +102,29 @@ def _decision(request: Request, route: str, raw: bytes, svc: Services, base_head
                   max_semantic_chars=svc.settings.semantic.max_text_chars)
 
 
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is known to exceed `limit` bytes: from its
+    Content-Length, or while reading it, so an oversized body is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _handle(request: Request, route: str, svc: Services, rid: str) -> tuple[Response, str, str, Decision | None]:
     base_headers = {"x-request-id": rid}
-    raw = await request.body()
+    limit = svc.settings.limits.max_body_bytes
+    raw = await read_body(request, limit)
+    if raw is None:
+        svc.metrics.rejected.labels("body_size").inc()
+        return error_response(413, f"request body exceeds {limit} bytes", code="request_too_large",
+                              headers=base_headers), "BYPASS", "", None
     # The same bytes with the same cache headers and credentials always yield the same
     # decision, so a repeat skips parsing, validation and key derivation; an L1 hit then
     # costs a dict lookup.

@@ -166,6 +166,57 @@ def test_limits_answer_in_the_openai_shape(make_proxy, backend_url):
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
 
 
+def _raw_exchange(url: str, head: bytes, body_part: bytes) -> bytes:
+    """Send a request's head and the start of its body on a raw socket, never finishing the
+    body, and return what the server answers (a server that waits for the rest times out)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        sock.sendall(head + body_part)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_oversized_body_is_refused_before_it_is_read_whole(make_proxy, backend_url, framing):
+    with make_proxy(backend_url, limits={"max_body_bytes": 2000}) as url:
+        if framing == "content-length":  # declared 10 GB: refused at once, not buffered
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" \
+                   b"content-length: 10000000000\r\n\r\n"
+            part = b'{"model": "sim", "messages": ['
+        else:  # no length: refused once 2000 bytes have arrived, while more would follow
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" \
+                   b"transfer-encoding: chunked\r\n\r\n"
+            part = b"".join(b"3e8\r\n" + b" " * 1000 + b"\r\n" for _ in range(3))
+        answer = _raw_exchange(url, head, part)
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.split()[1] == b"413", answer[:200]
+        assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_too_large"
+        # and the proxy goes on serving
+        assert httpx.post(url + "/v1/chat/completions", json=chat("hi")).status_code == 200
+
+
+def test_an_unexpected_error_on_a_cached_route_is_a_500_in_the_openai_shape(make_proxy, backend_url, monkeypatch):
+    import proxy.completions
+
+    async def broken(*_args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(proxy.completions, "_handle", broken)
+    with make_proxy(backend_url) as url:
+        r = httpx.post(url + "/v1/chat/completions", json=chat("hi"))
+        assert r.status_code == 500
+        assert r.json()["error"]["type"] == "server_error" and "KeyError" in r.json()["error"]["message"]
+        assert httpx.get(url + "/healthz").status_code == 200
+
+
 async def test_per_tenant_concurrency_limit_is_a_429_with_retry_after(make_proxy):
     with serving(sim_app(ttft_ms=500, tokens_per_s=1000)) as slow, \
             make_proxy(slow, limits={"tenant_concurrency": 2}) as url:
