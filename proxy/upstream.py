@@ -18,7 +18,7 @@ are returned as responses, never raised, so they pass through as the upstream se
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import httpcore
 import httpx
@@ -64,14 +64,17 @@ class Upstream:
         self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0,
                                       pool=connect_timeout_s).as_dict()
 
-    async def open(self, method: str, path: str, *, content: bytes, headers: Mapping[str, str],
-                   params: str | None = None) -> httpx.Response:
+    async def open(self, method: str, path: str, *, content: bytes | AsyncIterable[bytes], headers: Mapping[str, str],
+                   params: str | None = None, content_length: int | None = None) -> httpx.Response:
         """Send a request and return the response with its body unread (stream it or read it).
-        Raises UpstreamError on transport failure."""
+        `content` may be a stream of chunks: sent with `content_length` as its Content-Length
+        when given, else chunked. Raises UpstreamError on transport failure."""
         url = self.base_url + path + (f"?{params}" if params else "")
+        sent = forward_headers(headers)
+        if content_length is not None and not isinstance(content, bytes):
+            sent["content-length"] = str(content_length)  # httpx then sends no Transfer-Encoding
         try:
-            req = httpx.Request(method, url, content=content, headers=forward_headers(headers),
-                                extensions={"timeout": self._timeout})
+            req = httpx.Request(method, url, content=content, headers=sent, extensions={"timeout": self._timeout})
             resp = await self._transport.handle_async_request(req)
         except httpx.HTTPError as exc:
             raise map_transport_error(exc) from exc

@@ -2,12 +2,15 @@
 simulated backend."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI, Request
 
+from tests.conftest import serving
 from tests.proxy.conftest import backend_count
 
 MSG = [{"role": "user", "content": "Tell me about tide pools."}]
@@ -186,6 +189,35 @@ def test_other_v1_paths_pass_through(make_proxy, backend_url):
         r = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer x"})
         assert r.status_code == 200 and r.json()["data"]
         assert r.headers["x-cache-status"] == "BYPASS"
+
+
+def test_pass_through_streams_request_bodies_with_their_framing(make_proxy):
+    """An upload larger than the cached routes' body limit reaches the upstream whole, with
+    its Content-Length; a chunked one stays chunked; a GET gets no body."""
+    echo = FastAPI()
+
+    @echo.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT"])
+    async def seen(request: Request, path: str):
+        body = await request.body()
+        return {"method": request.method, "length": request.headers.get("content-length"),
+                "encoding": request.headers.get("transfer-encoding"), "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest()}
+
+    upload = bytes(range(256)) * (5 * 4096 + 7)  # 5 MB and change: over limits.max_body_bytes (4 MB)
+    with serving(echo) as upstream, make_proxy(upstream) as url:
+        r = httpx.post(url + "/v1/files", content=upload, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200 and r.headers["x-cache-status"] == "BYPASS", r.text
+        assert r.json() == {"method": "POST", "length": str(len(upload)), "encoding": None, "size": len(upload),
+                            "sha256": hashlib.sha256(upload).hexdigest()}
+
+        def parts():
+            yield b"first,"
+            yield b"second"
+
+        r = httpx.put(url + "/v1/things", content=parts())
+        assert r.json()["encoding"] == "chunked" and r.json()["size"] == len(b"first,second")
+        r = httpx.get(url + "/v1/models")
+        assert r.json()["method"] == "GET" and r.json()["size"] == 0 and r.json()["encoding"] is None
 
 
 def test_tool_calls_replay_in_both_shapes(make_proxy, backend_url):
