@@ -57,16 +57,25 @@ async def handle(request: Request, route: str, svc: Services) -> Response:
     finally:
         dt = time.perf_counter() - t0
         code = resp.status_code if resp is not None else code
-        svc.metrics.record_request(route, code, status_label, layer, dt, isinstance(resp, StreamingResponse))
-        if svc.access_log:
-            rec = {"request_id": rid, "route": route, "status": code, "cache": status_label, "layer": layer,
-                   "ms": round(dt * 1000, 3)}
-            if d is not None:
-                rec["tenant"] = d.tenant
-                rec["model"] = d.model
-                if svc.settings.log_prompts and d.keys.semantic_text is not None:
-                    rec["prompt"] = d.keys.semantic_text
-            log.info("request", extra=rec)
+        # Recorded once the response is on its way: the handler's task yields to the loop
+        # when it sends, and the loop runs this before it reads the next request.
+        asyncio.get_running_loop().call_soon(_record, svc, route, rid, code, status_label, layer, dt, d,
+                                             isinstance(resp, StreamingResponse))
+
+
+def _record(svc: Services, route: str, rid: str, code: int, status_label: str, layer: str, dt: float,
+            d: Decision | None, streamed: bool) -> None:
+    """The request's metrics and access-log line."""
+    svc.metrics.record_request(route, code, status_label, layer, dt, streamed)
+    if svc.access_log:
+        rec = {"request_id": rid, "route": route, "status": code, "cache": status_label, "layer": layer,
+               "ms": round(dt * 1000, 3)}
+        if d is not None:
+            rec["tenant"] = d.tenant
+            rec["model"] = d.model
+            if svc.settings.log_prompts and d.keys.semantic_text is not None:
+                rec["prompt"] = d.keys.semantic_text
+        log.info("request", extra=rec)
 
 
 class Refused(Exception):
