@@ -24,6 +24,8 @@ class Upstart:
     status: int
     headers: dict[str, str]
     streaming: bool
+    via_peer: bool = False
+    """Relayed from the leader on another replica (cross-replica coalescing)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,16 +61,24 @@ class RedisLock:
         except REDIS_ERRORS as exc:
             raise LayerError(f"redis lock {what}: {type(exc).__name__}: {exc}") from exc
 
-    async def held_here(self, key: Key) -> bool:
-        """Whether this process holds the key's lock (any of its tokens). Raises LayerError.
+    async def holder(self, key: Key) -> str:
+        """The token holding the key's lock, "" when none does. Raises LayerError."""
+        value = await self._call("get", lambda: self.client.get(self._k(key)))
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        return value or ""
+
+    def is_ours(self, token: str) -> bool:
+        """Whether `token` was taken by this process.
 
         For a leader told the lock is taken: within a process one flight per key leads, so a
         lock of this process's is a leftover, an acquisition whose answer was lost (being
         given back) or the release of a flight just finished, not a leader to wait for."""
-        value = await self._call("get", lambda: self.client.get(self._k(key)))
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
-        return bool(value) and value.startswith(self.owner + ".")
+        return token.startswith(self.owner + ".")
+
+    async def held_here(self, key: Key) -> bool:
+        """Whether this process holds the key's lock (any of its tokens). Raises LayerError."""
+        return self.is_ours(await self.holder(key))
 
     def _give_back(self, key: Key, token: str) -> None:
         task = asyncio.ensure_future(self._release_unanswered(key, token))

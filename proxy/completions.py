@@ -251,6 +251,8 @@ async def _fetch(request: Request, route: str, raw: bytes, body: dict, d: Decisi
         flight.unsubscribe()
         raise
     if d.stream and up.streaming and up.status == 200:
+        if up.via_peer:
+            status = headers["x-cache-status"] = "COALESCED"
         return StreamingResponse(_follow(flight, d.include_usage), status_code=200,
                                  headers={**up.headers, **headers, "cache-control": "no-cache"},
                                  media_type="text/event-stream"), status

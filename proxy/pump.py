@@ -13,8 +13,10 @@ import numpy as np
 import orjson
 
 from cache.entry import Entry, EntryMeta
+from cache.entry import Key
 from cache.flight import Flight, Outcome, Upstart
 from cache.layer import LayerError
+from cache.live_relay import END, EVENTS, LiveRelay, LivePublisher
 from cache.redis_lock import Claim, RedisLock
 from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
 from cache.tiered import Hit, TieredCache
@@ -67,7 +69,7 @@ def make_entry(d: Decision, body: bytes, parsed: dict, frames: list[bytes] | Non
 class Pump:
     def __init__(self, *, upstream: Upstream, cache: TieredCache, metrics: Metrics, clock: Callable[[], float],
                  max_entry_bytes: int, lock: RedisLock | None = None, lock_ttl_s: float = 10.0,
-                 peer_wait_s: float = 60.0,
+                 peer_wait_s: float = 60.0, relay: LiveRelay | None = None,
                  after_commit: Callable[[FetchJob, Entry], None] | None = None) -> None:
         self.upstream = upstream
         self.cache = cache
@@ -77,12 +79,15 @@ class Pump:
         self.lock = lock
         self.lock_ttl_s = lock_ttl_s
         self.peer_wait_s = peer_wait_s
+        self.relay = relay
+        """With `lock`: streams answers to, and follows them from, the other replicas."""
         self.after_commit = after_commit
         """Called (synchronously; it only schedules work) after each successful commit."""
 
     async def run(self, flight: Flight, job: FetchJob) -> None:
-        """Lead the flight; across replicas, first take the Redis lock for the key, or wait
-        (bounded) for the replica holding it to store the entry."""
+        """Lead the flight; across replicas, first take the Redis lock for the key, or follow
+        (bounded) the replica holding it: its answer live through the relay when it streams,
+        else the entry it stores."""
         key = job.decision.keys.key
         token = None
         if self.lock is not None and job.decision.write:
@@ -91,39 +96,67 @@ class Pump:
             except LayerError as exc:
                 self.metrics.layer_error("redis", "lock", exc)  # fail open: go upstream ourselves
                 token = ""
-            if token is None and not await self._leader_elsewhere(key):
-                token = ""  # the lock is a leftover of this process's: go upstream
+            leader = await self._leader_elsewhere(key) if token is None else None
+            if token is None and leader is None:
+                token = ""  # the lock is a leftover of this process's, or Redis failed: go upstream
             if token is None:
-                hit, token = await self._await_peer(key)
+                hit, token = await self._await_peer(flight, job, leader)
+                if flight.finished:
+                    return
                 if hit is not None:
                     flight.finish(Outcome(200, hit.entry.body, entry=hit.entry, via_peer=True))
                     return
         holding = asyncio.ensure_future(self.lock.hold(key, token, self.lock_ttl_s)) if token else None
+        live = self.relay.publisher(key, token) if token and self.relay is not None else None
         try:
-            await self._run_upstream(flight, job)
+            await self._run_upstream(flight, job, live)
         finally:
+            if live is not None:  # after the commit: a follower told "ok" finds the entry
+                live.close(ok=flight.outcome is not None and flight.outcome.entry is not None)
             if holding is not None:
                 holding.cancel()
                 await self.lock.release(key, token)
 
-    async def _leader_elsewhere(self, key: str) -> bool:
-        """Whether the key's lock, found taken, is another process's (a leader to wait for)."""
+    async def _leader_elsewhere(self, key: Key) -> str | None:
+        """The token of the key's lock, found taken, when it is another process's (a leader
+        to follow; "" when it has just come free); None when it is this process's own, or
+        Redis did not answer (fail open: go upstream)."""
         try:
-            return not await self.lock.held_here(key)
+            holder = await self.lock.holder(key)
         except LayerError as exc:
             self.metrics.layer_error("redis", "lock", exc)
-            return False  # fail open: do not wait on a Redis that does not answer
+            return None
+        return None if self.lock.is_ours(holder) else holder
 
-    async def _await_peer(self, key: str) -> tuple[Hit | None, str | None]:
-        """Wait for the replica holding the lock to store the entry: (its hit, None). When the
-        lock comes free with nothing stored (its leader got an error, an answer too large to
-        keep, a failed write, or died), take it and lead: (None, our token); when Redis
-        fails, or nothing came within `peer_wait_s`, go upstream without it: (None, "" or None)."""
+    async def _await_peer(self, flight: Flight, job: FetchJob, leader: str) -> tuple[Hit | None, str | None]:
+        """Wait for the replica holding the lock (token `leader`) to answer. Through the
+        relay, its events are pushed into `flight` as they come, and the flight is finished
+        here: (None, None). Without them: its stored entry, (hit, None). When the lock comes
+        free with nothing stored (its leader got an error, an answer too large to keep, a
+        failed write, or died), take it and lead: (None, our token); when Redis fails, or
+        nothing came within `peer_wait_s`, go upstream without it: (None, "" or None)."""
+        key = job.decision.keys.key
+        relayed = _Relayed(job.decision) if self.relay is not None and leader else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.peer_wait_s
         delay = 0.02
         while loop.time() < deadline:
-            await asyncio.sleep(delay)
+            if relayed is not None and not relayed.ended:
+                try:
+                    got = await relayed.follow(self.relay, key, leader, flight)
+                except LayerError as exc:
+                    self.metrics.layer_error("redis", "live", exc)
+                    got, relayed.ended = False, True  # poll for the entry instead
+                if relayed.started:
+                    if relayed.ended or not got and not await self._leader_alive(key, leader):
+                        flight.finish(relayed.outcome(self.clock()))
+                        return None, None
+                    continue  # mid-stream: only the relay can finish it
+                if got and not relayed.ended:
+                    continue
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.25)
             hit = await self.cache.exact(key, None)
             if hit is not None and not hit.stale:
                 return hit, None
@@ -138,13 +171,22 @@ class Pump:
                     await self.lock.release(key, token)
                     return hit, None
                 return None, token
-            delay = min(delay * 1.5, 0.25)
+        if relayed is not None and relayed.started:
+            flight.finish(relayed.outcome(self.clock()))
+            return None, None
         return None, None
 
-    async def _run_upstream(self, flight: Flight, job: FetchJob) -> None:
+    async def _leader_alive(self, key: Key, leader: str) -> bool:
+        """Whether `leader` still holds the lock (it renews it while it generates)."""
+        try:
+            return await self.lock.holder(key) == leader
+        except LayerError:
+            return True  # Redis, not the leader, failed: the read deadline bounds the wait
+
+    async def _run_upstream(self, flight: Flight, job: FetchJob, live: LivePublisher | None) -> None:
         self.metrics.inflight.inc()
         try:
-            await self._run(flight, job)
+            await self._run(flight, job, live)
         except asyncio.CancelledError:
             flight.finish(Outcome(499, error_body("request cancelled", "cancelled"), error="cancelled"))
             raise
@@ -154,7 +196,7 @@ class Pump:
         finally:
             self.metrics.inflight.dec()
 
-    async def _run(self, flight: Flight, job: FetchJob) -> None:
+    async def _run(self, flight: Flight, job: FetchJob, live: LivePublisher | None) -> None:
         try:
             resp = await self.upstream.open("POST", job.path, content=job.payload, headers=job.headers)
         except UpstreamError as exc:
@@ -169,7 +211,7 @@ class Pump:
                 flight.finish(Outcome(resp.status_code, body))  # forwarded as sent, never cached
                 return
             if "text/event-stream" in resp.headers.get("content-type", ""):
-                await self._stream(flight, job, resp, headers)
+                await self._stream(flight, job, resp, headers, live)
             else:
                 await self._json(flight, job, resp)
         except UpstreamError as exc:
@@ -178,7 +220,8 @@ class Pump:
         finally:
             await resp.aclose()
 
-    async def _stream(self, flight: Flight, job: FetchJob, resp, headers: dict[str, str]) -> None:
+    async def _stream(self, flight: Flight, job: FetchJob, resp, headers: dict[str, str],
+                      live: LivePublisher | None) -> None:
         d = job.decision
         flight.start(Upstart(200, headers, True))
         rec = SSERecorder(d.route)
@@ -186,6 +229,8 @@ class Pump:
         async for chunk in Upstream.iter_body(resp, decoded=True):
             for ev in split.feed(chunk):
                 flight.push(ev, rec.feed_event(ev))
+                if live is not None:
+                    live.push(ev)
         if not rec.complete:
             self.metrics.upstream_errors.labels("truncated_stream").inc()
             flight.finish(Outcome(502, error_body("upstream stream ended before completion", "upstream_error",
@@ -219,3 +264,46 @@ class Pump:
                 self.after_commit(job, entry)
             except Exception:  # noqa: BLE001 - learning from a pair must never fail a request
                 log.exception("after-commit hook failed")
+
+
+class _Relayed:
+    """A follower's side of a leader's live relay: the events read so far, pushed into the
+    follower's flight (started on the first) and recorded, so the flight can be finished
+    with the assembled answer once the leader's stream ends."""
+
+    def __init__(self, d: Decision) -> None:
+        self.d = d
+        self.last = b"0"
+        self.split = SSESplitter()
+        self.rec = SSERecorder(d.route)
+        self.started = False
+        self.ended = False
+        self.ok = False
+
+    async def follow(self, relay: LiveRelay, key: Key, leader: str, flight: Flight) -> bool:
+        """Read what the leader wrote since last time (waiting a little for it); whether
+        anything came. Raises LayerError."""
+        entries = await relay.read(key, leader, self.last)
+        for entry_id, fields in entries:
+            self.last = entry_id
+            events = fields.get(EVENTS)
+            if events:
+                if not self.started:
+                    self.started = True
+                    flight.start(Upstart(200, {"content-type": "text/event-stream"}, True, via_peer=True))
+                for ev in self.split.feed(events):
+                    flight.push(ev, self.rec.feed_event(ev))
+            end = fields.get(END)
+            if end is not None:
+                self.ended, self.ok = True, end == b"ok"
+        return bool(entries)
+
+    def outcome(self, now: float) -> Outcome:
+        """How a relayed flight ends: the assembled answer, or, when the leader's stream
+        broke or went silent, an error (the events already sent stay sent)."""
+        if self.ok and self.rec.complete:
+            assembled = self.rec.assembled()
+            entry = make_entry(self.d, orjson.dumps(assembled), assembled, self.rec.frames, self.rec.usage_frame, now)
+            return Outcome(200, entry.body, entry=entry, via_peer=True)
+        why = "the replica generating this answer stopped before it ended"
+        return Outcome(502, error_body(why, "upstream_error", code="peer_stream_broken"), error=why)

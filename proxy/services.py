@@ -195,6 +195,8 @@ class Services:
         if self.cache.semantic is not None:
             await self.cache.semantic.aclose()
         await self.upstream.aclose()
+        if self.pump.relay is not None:
+            await self.pump.relay.aclose()
         if self.cache.semantic is not None and self.owns_embedder:
             await self.cache.semantic.embedder.aclose()
         await self.cache.aclose()
@@ -332,16 +334,20 @@ async def build_services(settings: Settings, *, clock: Callable[[], float] = tim
     u = settings.upstream_http
     upstream = Upstream(settings.upstream, connect_timeout_s=u.connect_timeout_s, read_timeout_s=u.read_timeout_s,
                         max_connections=u.max_connections)
-    lock = early_locks = None
+    lock = early_locks = relay = None
     if redis.client is not None and settings.coalesce.enabled:
+        from cache.live_relay import LiveRelay
         from cache.redis_lock import RedisLock
 
         lock = RedisLock(redis.client, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
                          pipe=redis.pipe)
         early_locks = EarlyLocks(lock, settings.coalesce.lock_ttl_s)
+        if settings.coalesce.live_relay:
+            relay = LiveRelay(redis.background, prefix=settings.redis.prefix, timeout_s=settings.redis.timeout_s,
+                              flush_s=settings.coalesce.relay_flush_s)
     pump = Pump(upstream=upstream, cache=cache, metrics=metrics, clock=clock,
                 max_entry_bytes=settings.cacheability.max_entry_bytes, lock=lock,
-                lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s)
+                lock_ttl_s=settings.coalesce.lock_ttl_s, peer_wait_s=settings.coalesce.follower_wait_s, relay=relay)
     svc = Services(settings=settings, clock=clock, metrics=metrics, upstream=upstream, cache=cache,
                    coalescer=Coalescer(settings.coalesce.enabled), pump=pump, bans=bans, redis=redis.client,
                    redis_bg=redis.background, embedded_redis=redis.embedded,

@@ -132,6 +132,8 @@ class CoalesceSettings(_Section):
     enabled: bool = True
     lock_ttl_s: float = Field(default=10.0, gt=0)  # renewed by its leader every third of it
     follower_wait_s: float = Field(default=60.0, ge=0)
+    live_relay: bool = True  # a replica following another's streaming answer gets it live, through Redis
+    relay_flush_s: float = Field(default=0.02, gt=0, le=1.0)  # the leader writes its events at most this often
 
 
 class Settings(BaseSettings):

@@ -266,3 +266,18 @@ async def test_the_vector_stream_follows_its_master_failing_over(replicated_clus
         await follower
         await a_client.aclose()
         await b_client.aclose()
+
+
+async def test_the_live_relay_works_on_a_cluster(clients):
+    from cache.live_relay import END, EVENTS, LiveRelay
+
+    leader = LiveRelay(clients(), prefix="t:", timeout_s=TIMEOUT, flush_s=0.01)
+    pub = leader.publisher("k", "tok")
+    pub.push(b"data: 1\n\n")
+    pub.push(b"data: 2\n\n")
+    pub.close(ok=True)
+    await leader.aclose()
+    follower = LiveRelay(clients(), prefix="t:", timeout_s=TIMEOUT, block_ms=100)
+    entries = await follower.read("k", "tok", b"0")
+    assert b"".join(f.get(EVENTS, b"") for _, f in entries) == b"data: 1\n\ndata: 2\n\n"
+    assert entries[-1][1][END] == b"ok"

@@ -186,3 +186,103 @@ async def test_a_leader_keeps_its_lock_for_as_long_as_it_generates(make_proxy, s
             res = await asyncio.gather(lead, one(hc, b, "a long answer", False))
         assert backend_count(slow_backend) - n0 == 1
         assert res[0][2] == res[1][2]
+
+
+async def _mid_stream(hc: httpx.AsyncClient, url: str, b: dict, started: asyncio.Event,
+                      headers: dict | None = None) -> tuple[str, bytes]:
+    """Stream `b` from `url`, setting `started` once real tokens have arrived."""
+    async with hc.stream("POST", url + "/v1/chat/completions", json=b, headers=headers or {}) as r:
+        raw = b""
+        async for c in r.aiter_bytes():
+            raw += c
+            if b'"content":"' in c and b'"content":""' not in c:
+                started.set()
+        return r.headers["x-cache-status"], raw
+
+
+async def test_a_replica_following_another_streams_its_answer_live(make_proxy, slow_backend, redis_url):
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, make_proxy(slow_backend,
+                                                                              redis={"url": redis_url}) as b:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=60) as hc:
+            started = asyncio.Event()
+            lead = asyncio.create_task(_mid_stream(hc, a, body("relayed live", True, max_tokens=40), started))
+            await asyncio.wait_for(started.wait(), 30)
+            t0, first = time.perf_counter(), None
+            async with hc.stream("POST", b + "/v1/chat/completions", json=body("relayed live", True, 40)) as r:
+                assert r.headers["x-cache-status"] == "COALESCED"
+                raw = b""
+                async for c in r.aiter_bytes():
+                    raw += c
+                    if first is None and b'"content"' in c:
+                        first = time.perf_counter() - t0
+            total = time.perf_counter() - t0
+            status, lead_raw = await lead
+            again = await hc.post(b + "/v1/chat/completions", json=body("relayed live", False, 40))
+        assert status == "MISS" and backend_count(slow_backend) - n0 == 1
+        assert sse_text(raw) == sse_text(lead_raw) and raw.rstrip().endswith(b"data: [DONE]")
+        assert b'"usage"' not in raw  # the leader's usage chunk is not forwarded to a client that did not ask
+        # 40 tokens at 40/s: the follower's first token came long before its last, not all at once at the end
+        assert first is not None and first < total / 2
+        assert again.headers["x-cache-status"] == "HIT"  # the leader stored it
+        assert again.json()["choices"][0]["message"]["content"] == sse_text(raw)
+
+
+async def test_a_json_request_following_a_streaming_replica_gets_the_whole_answer(make_proxy, slow_backend,
+                                                                                    redis_url):
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, make_proxy(slow_backend,
+                                                                              redis={"url": redis_url}) as b:
+        n0 = backend_count(slow_backend)
+        async with httpx.AsyncClient(timeout=60) as hc:
+            started = asyncio.Event()
+            lead = asyncio.create_task(_mid_stream(hc, a, body("json after stream", True), started))
+            await asyncio.wait_for(started.wait(), 30)
+            code, status, text = await one(hc, b, "json after stream", False)
+            _, lead_raw = await lead
+        assert (code, status) == (200, "COALESCED") and text == sse_text(lead_raw)
+        assert backend_count(slow_backend) - n0 == 1
+
+
+async def test_a_leader_stream_breaking_reaches_the_following_replica_as_an_error_frame(make_proxy, slow_backend,
+                                                                                         redis_url):
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, make_proxy(slow_backend,
+                                                                              redis={"url": redis_url}) as b:
+        async with httpx.AsyncClient(timeout=60) as hc:
+            started = asyncio.Event()
+            lead = asyncio.create_task(_mid_stream(hc, a, body("breaks upstream", True), started,
+                                                   {"X-Sim-Fail": "mid-stream"}))
+            await asyncio.wait_for(started.wait(), 30)
+            follower = await _mid_stream(hc, b, body("breaks upstream", True), asyncio.Event())
+            await lead
+            after = await one(hc, b, "breaks upstream", False)
+        status, raw = follower
+        assert status == "COALESCED" and b'"error"' in raw and raw.rstrip().endswith(b"data: [DONE]")
+        assert after[1] == "MISS"  # nothing was stored
+
+
+async def test_a_replica_following_a_leader_that_died_mid_stream_ends_with_an_error(make_proxy, slow_backend,
+                                                                                     redis_url):
+    """The leader (played by the test: its lock and its relay stream in Redis) wrote two events
+    and then died: its lock, no longer renewed, expires, and the follower ends its stream
+    with an error frame instead of waiting out follower_wait_s."""
+    import orjson
+    import redis as redis_sync
+
+    r = redis_sync.Redis.from_url(redis_url)
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, \
+            make_proxy(slow_backend, redis={"url": redis_url}, coalesce={"follower_wait_s": 600}) as b:
+        async with httpx.AsyncClient(timeout=30) as hc:
+            assert (await one(hc, a, "a dead leader", False))[1] == "MISS"
+            [entry] = [k.decode() for k in r.scan_iter("sc:e:*")]
+            key = entry.removeprefix("sc:e:")
+            r.delete(entry)  # as if it had never been stored
+            r.set(f"sc:lock:{key}", "dead.leader", px=800)
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "sim",
+                     "choices": [{"index": 0, "delta": {"content": "partial answer"}, "finish_reason": None}]}
+            r.xadd(f"sc:live:{key}:dead.leader", {"e": b"data: " + orjson.dumps(chunk) + b"\n\n"})
+            t0 = time.perf_counter()
+            status, raw = await _mid_stream(hc, b, body("a dead leader", True), asyncio.Event())
+            waited = time.perf_counter() - t0
+        assert status == "COALESCED" and sse_text(raw) == "partial answer"
+        assert b"stopped before it ended" in raw and raw.rstrip().endswith(b"data: [DONE]")
+        assert waited < 10  # the lock's expiry, not follower_wait_s
