@@ -6,8 +6,10 @@ and the others wait; with this relay they do not wait for the whole answer: the 
 writes its SSE events to a Redis stream named by its lock token
 (`<prefix>live:<key>:<token>`, so one leadership's stream is never mistaken for the next),
 at most one write per `flush_s` (the first event at once), and ends it with a marker
-(`ok` once the entry is stored, `error` otherwise). Each write pushes the stream's expiry
-`keep_s` ahead, so a dead leader's stream goes away by itself. A follower reads the
+(`ok` once the answer is complete, and stored if it could be; `error` otherwise). Each
+write pushes the stream's expiry `keep_s` ahead, so a dead leader's stream goes away by
+itself; the end marker leaves it `end_keep_s` more, for followers to read the end (the
+stored entry serves anyone later). A follower reads the
 leader's token from the lock and tails that stream with blocking reads.
 
 Fail open: a write Redis does not take stops the publisher (its followers fall back to
@@ -31,13 +33,14 @@ END = b"end"  # field: b"ok" or b"error", the stream's last entry
 
 class LiveRelay:
     def __init__(self, client: Client, *, prefix: str, timeout_s: float, flush_s: float = 0.02,
-                 keep_s: float = 30.0, block_ms: int = 250) -> None:
+                 keep_s: float = 15.0, end_keep_s: float = 5.0, block_ms: int = 250) -> None:
         """`client`: one whose socket timeout outlasts `block_ms` (the background pool)."""
         self.client = client
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.flush_s = flush_s
         self.keep_ms = max(1, int(keep_s * 1000))
+        self.end_keep_ms = max(1, int(end_keep_s * 1000))
         self.block_ms = block_ms
         self._writers: set[asyncio.Task] = set()
 
@@ -131,7 +134,7 @@ class LivePublisher:
             async with asyncio.timeout(self.relay.timeout_s):
                 pipe = self.relay.client.pipeline(transaction=False)
                 pipe.xadd(self.name, fields)
-                pipe.pexpire(self.name, self.relay.keep_ms)
+                pipe.pexpire(self.name, self.relay.end_keep_ms if END in fields else self.relay.keep_ms)
                 await pipe.execute()
         except REDIS_ERRORS as exc:
             raise LayerError(f"live relay write: {type(exc).__name__}: {exc}") from exc
