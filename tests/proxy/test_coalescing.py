@@ -59,34 +59,39 @@ async def test_fifty_concurrent_identical_requests_make_one_upstream_call(make_p
         assert statuses.count("MISS") == 1 and statuses.count("COALESCED") == 49
 
 
+async def _mid_stream(hc: httpx.AsyncClient, url: str, b: dict, started: asyncio.Event,
+                      headers: dict | None = None) -> tuple[str, bytes]:
+    """Stream `b` from `url`, setting `started` once real tokens have arrived."""
+    async with hc.stream("POST", url + "/v1/chat/completions", json=b, headers=headers or {}) as r:
+        raw = b""
+        async for c in r.aiter_bytes():
+            raw += c
+            if b'"content":"' in c and b'"content":""' not in c:
+                started.set()
+        return r.headers["x-cache-status"], raw
+
+
+async def _timed(hc: httpx.AsyncClient, url: str, b: dict) -> tuple[str, bytes, float | None, float]:
+    """Stream `b` from `url`: (cache status, body, seconds to the first content, seconds to the end)."""
+    t0, first, raw = time.perf_counter(), None, b""
+    async with hc.stream("POST", url + "/v1/chat/completions", json=b) as r:
+        async for c in r.aiter_bytes():
+            raw += c
+            if first is None and b'"content"' in c:
+                first = time.perf_counter() - t0
+    return r.headers["x-cache-status"], raw, first, time.perf_counter() - t0
+
+
 async def test_streaming_followers_get_chunks_live_from_the_start(make_proxy, slow_backend):
     with make_proxy(slow_backend) as url:
         async with httpx.AsyncClient(timeout=60) as hc:
-            mid_stream = asyncio.Event()
-
-            async def leader_stream():
-                async with hc.stream("POST", url + "/v1/chat/completions", json=body("live follower", True)) as r:
-                    raw = b""
-                    async for c in r.aiter_bytes():
-                        raw += c
-                        if b'"content":"' in c and b'"content":""' not in c:
-                            mid_stream.set()  # the leader has real tokens: the follower joins mid-stream
-                    return sse_text(raw)
-
-            leader = asyncio.create_task(leader_stream())
+            mid_stream = asyncio.Event()  # the leader has real tokens: the follower joins mid-stream
+            leader = asyncio.create_task(_mid_stream(hc, url, body("live follower", True), mid_stream))
             await asyncio.wait_for(mid_stream.wait(), 30)
-            t0 = time.perf_counter()
-            first = None
-            async with hc.stream("POST", url + "/v1/chat/completions", json=body("live follower", True)) as r:
-                assert r.headers["x-cache-status"] == "COALESCED"
-                raw = b""
-                async for c in r.aiter_bytes():
-                    raw += c
-                    if first is None and b'"content"' in c:
-                        first = time.perf_counter() - t0
-            total = time.perf_counter() - t0
-            lead = await leader
-        assert sse_text(raw) == lead  # every chunk, from the first
+            status, raw, first, total = await _timed(hc, url, body("live follower", True))
+            _, lead = await leader
+        assert status == "COALESCED"
+        assert sse_text(raw) == sse_text(lead)  # every chunk, from the first
         assert first is not None and first < total / 2
 
 
@@ -188,18 +193,6 @@ async def test_a_leader_keeps_its_lock_for_as_long_as_it_generates(make_proxy, s
         assert res[0][2] == res[1][2]
 
 
-async def _mid_stream(hc: httpx.AsyncClient, url: str, b: dict, started: asyncio.Event,
-                      headers: dict | None = None) -> tuple[str, bytes]:
-    """Stream `b` from `url`, setting `started` once real tokens have arrived."""
-    async with hc.stream("POST", url + "/v1/chat/completions", json=b, headers=headers or {}) as r:
-        raw = b""
-        async for c in r.aiter_bytes():
-            raw += c
-            if b'"content":"' in c and b'"content":""' not in c:
-                started.set()
-        return r.headers["x-cache-status"], raw
-
-
 async def test_a_replica_following_another_streams_its_answer_live(make_proxy, slow_backend, redis_url):
     with make_proxy(slow_backend, redis={"url": redis_url}) as a, make_proxy(slow_backend,
                                                                               redis={"url": redis_url}) as b:
@@ -208,18 +201,10 @@ async def test_a_replica_following_another_streams_its_answer_live(make_proxy, s
             started = asyncio.Event()
             lead = asyncio.create_task(_mid_stream(hc, a, body("relayed live", True, max_tokens=40), started))
             await asyncio.wait_for(started.wait(), 30)
-            t0, first = time.perf_counter(), None
-            async with hc.stream("POST", b + "/v1/chat/completions", json=body("relayed live", True, 40)) as r:
-                assert r.headers["x-cache-status"] == "COALESCED"
-                raw = b""
-                async for c in r.aiter_bytes():
-                    raw += c
-                    if first is None and b'"content"' in c:
-                        first = time.perf_counter() - t0
-            total = time.perf_counter() - t0
+            follower, raw, first, total = await _timed(hc, b, body("relayed live", True, 40))
             status, lead_raw = await lead
             again = await hc.post(b + "/v1/chat/completions", json=body("relayed live", False, 40))
-        assert status == "MISS" and backend_count(slow_backend) - n0 == 1
+        assert (status, follower) == ("MISS", "COALESCED") and backend_count(slow_backend) - n0 == 1
         assert sse_text(raw) == sse_text(lead_raw) and raw.rstrip().endswith(b"data: [DONE]")
         assert b'"usage"' not in raw  # the leader's usage chunk is not forwarded to a client that did not ask
         # 40 tokens at 40/s: the follower's first token came long before its last, not all at once at the end
