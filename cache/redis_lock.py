@@ -76,10 +76,6 @@ class RedisLock:
         given back) or the release of a flight just finished, not a leader to wait for."""
         return token.startswith(self.owner + ".")
 
-    async def held_here(self, key: Key) -> bool:
-        """Whether this process holds the key's lock (any of its tokens). Raises LayerError."""
-        return self.is_ours(await self.holder(key))
-
     def _give_back(self, key: Key, token: str) -> None:
         task = asyncio.ensure_future(self._release_unanswered(key, token))
         self._giving_back.add(task)

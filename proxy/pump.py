@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from cache.entry import Entry, EntryMeta
-from cache.entry import Key
+from cache.entry import Entry, EntryMeta, Key
 from cache.flight import Flight, Outcome, Upstart
 from cache.layer import LayerError
-from cache.live_relay import END, EVENTS, LiveRelay, LivePublisher
+from cache.live_relay import END, EVENTS, LivePublisher, LiveRelay
 from cache.redis_lock import Claim, RedisLock
 from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
 from cache.tiered import Hit, TieredCache
@@ -111,7 +110,7 @@ class Pump:
         try:
             await self._run_upstream(flight, job, live)
         finally:
-            if live is not None:  # after the commit: a follower told "ok" finds the entry
+            if live is not None:  # after the commit: a follower that got no events (a JSON answer) finds the entry
                 live.close(ok=flight.outcome is not None and flight.outcome.entry is not None)
             if holding is not None:
                 holding.cancel()

@@ -140,11 +140,12 @@ async def test_a_release_redis_did_not_answer_is_retried_so_a_waiting_replica_ca
 
 async def test_a_process_recognises_its_own_lock_and_not_another_replicas(lock, clients):
     other = RedisLock(clients(), prefix="t:", timeout_s=0.5)
-    assert not await lock.held_here("k")  # free
+    assert await lock.holder("k") == ""  # free
     token = await other.acquire("k", 30)
-    assert not await lock.held_here("k") and await other.held_here("k")
+    assert await lock.holder("k") == token and other.is_ours(token) and not lock.is_ours(token)
     await other.release("k", token)
-    assert await lock.acquire("k", 30) and await lock.held_here("k")
+    mine = await lock.acquire("k", 30)
+    assert mine and await lock.holder("k") == mine and lock.is_ours(mine)
 
 
 async def test_a_held_lock_is_renewed_and_expires_once_let_go(lock, clients):
