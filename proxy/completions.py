@@ -111,7 +111,7 @@ def _decision(request: Request, route: str, raw: bytes, svc: Services, base_head
                   max_semantic_chars=svc.settings.semantic.max_text_chars)
 
 
-async def read_body(request: Request, limit: int) -> bytes | None:
+async def _read_body(request: Request, limit: int) -> bytes | None:
     """The request body, or None once it is known to exceed `limit` bytes: from its
     Content-Length, or while reading it, so an oversized body is never held in memory."""
     declared = request.headers.get("content-length", "")
@@ -129,7 +129,7 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 async def _handle(request: Request, route: str, svc: Services, rid: str) -> tuple[Response, str, str, Decision | None]:
     base_headers = {"x-request-id": rid}
     limit = svc.settings.limits.max_body_bytes
-    raw = await read_body(request, limit)
+    raw = await _read_body(request, limit)
     if raw is None:
         svc.metrics.rejected.labels("body_size").inc()
         return error_response(413, f"request body exceeds {limit} bytes", code="request_too_large",
