@@ -17,7 +17,7 @@ from cache.flight import Flight, Outcome, Upstart
 from cache.layer import LayerError
 from cache.live_relay import END, EVENTS, LivePublisher, LiveRelay
 from cache.redis_lock import Claim, RedisLock
-from cache.sse import SSERecorder, SSESplitter, frames_from_body, response_is_complete
+from cache.sse import DONE_FRAME, SSERecorder, SSESplitter, frames_from_body, response_is_complete
 from cache.tiered import Hit, TieredCache
 from policies.decision import Decision
 from proxy.errors import error_body
@@ -146,11 +146,13 @@ class Pump:
                 except LayerError as exc:
                     self.metrics.layer_error("redis", "live", exc)
                     got, relayed.ended = False, True  # poll for the entry instead
-                if relayed.started:
-                    if relayed.ended or not got and not await self._leader_alive(key, leader):
-                        flight.finish(relayed.outcome(self.clock()))
-                        return None, None
-                    continue  # mid-stream: only the relay can finish it
+                if relayed.started:  # mid-stream: only the relay, or the entry it was making, can finish it
+                    if not relayed.ended and (got or await self._leader_alive(key, leader)):
+                        continue
+                    broken = not relayed.ok and relayed.marker is None  # a failed read, or a leader gone silent
+                    stored = await self.cache.exact(key, None) if broken else None
+                    flight.finish(relayed.finish(flight, stored.entry if stored is not None else None, self.clock()))
+                    return None, None
                 if got and not relayed.ended:
                     continue
             else:
@@ -171,7 +173,7 @@ class Pump:
                     return hit, None
                 return None, token
         if relayed is not None and relayed.started:
-            flight.finish(relayed.outcome(self.clock()))
+            flight.finish(relayed.finish(flight, None, self.clock()))
             return None, None
         return None, None
 
@@ -277,7 +279,11 @@ class _Relayed:
         self.rec = SSERecorder(d.route)
         self.started = False
         self.ended = False
-        self.ok = False
+        self.marker: bytes | None = None  # the leader's end marker, once read
+
+    @property
+    def ok(self) -> bool:
+        return self.marker == b"ok"
 
     async def follow(self, relay: LiveRelay, key: Key, leader: str, flight: Flight) -> bool:
         """Read what the leader wrote since last time (waiting a little for it); whether
@@ -294,15 +300,25 @@ class _Relayed:
                     flight.push(ev, self.rec.feed_event(ev))
             end = fields.get(END)
             if end is not None:
-                self.ended, self.ok = True, end == b"ok"
+                self.ended, self.marker = True, end
         return bool(entries)
 
-    def outcome(self, now: float) -> Outcome:
-        """How a relayed flight ends: the assembled answer, or, when the leader's stream
-        broke or went silent, an error (the events already sent stay sent)."""
+    def finish(self, flight: Flight, stored: Entry | None, now: float) -> Outcome:
+        """How a relayed flight ends: the answer assembled from the relay when the leader
+        ended it "ok"; else, when the relay broke but the leader stored its answer anyway
+        (`stored`), the rest of that entry's chunks pushed after those already sent; else
+        an error (what was sent stays sent)."""
         if self.ok and self.rec.complete:
             assembled = self.rec.assembled()
             entry = make_entry(self.d, orjson.dumps(assembled), assembled, self.rec.frames, self.rec.usage_frame, now)
             return Outcome(200, entry.body, entry=entry, via_peer=True)
+        sent = len(self.rec.frames)
+        if stored is not None and len(stored.frames) >= sent and not self.rec.done:
+            for chunk in stored.frames[sent:]:
+                flight.push(chunk, "chunk")
+            if stored.usage_frame is not None:
+                flight.push(stored.usage_frame, "usage")
+            flight.push(DONE_FRAME, "done")
+            return Outcome(200, stored.body, entry=stored, via_peer=True)
         why = "the replica generating this answer stopped before it ended"
         return Outcome(502, error_body(why, "upstream_error", code="peer_stream_broken"), error=why)

@@ -271,3 +271,32 @@ async def test_a_replica_following_a_leader_that_died_mid_stream_ends_with_an_er
         assert status == "COALESCED" and sse_text(raw) == "partial answer"
         assert b"stopped before it ended" in raw and raw.rstrip().endswith(b"data: [DONE]")
         assert waited < 10  # the lock's expiry, not follower_wait_s
+
+
+async def test_a_follower_whose_relay_broke_finishes_from_the_entry_its_leader_stored(make_proxy, slow_backend,
+                                                                                        redis_url):
+    """The leader (played by the test) relayed one chunk and then its relay went silent, but
+    it stored its answer: once its lock is gone, the follower sends the rest of that entry's
+    chunks and [DONE], not an error."""
+    import redis as redis_sync
+
+    r = redis_sync.Redis.from_url(redis_url)
+    with make_proxy(slow_backend, redis={"url": redis_url}) as a, \
+            make_proxy(slow_backend, redis={"url": redis_url}, coalesce={"follower_wait_s": 600}) as b:
+        async with httpx.AsyncClient(timeout=30) as hc:
+            _, _, whole = await one(hc, a, "a silent relay", True)
+            [entry_key] = [k.decode() for k in r.scan_iter("sc:e:*")]
+            key, stored = entry_key.removeprefix("sc:e:"), r.dump(entry_key)
+            r.delete(entry_key)
+            r.set(f"sc:lock:{key}", "silent.leader", px=800)
+            first = (b'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"sim","choices":'
+                     b'[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+            r.xadd(f"sc:live:{key}:silent.leader", {"e": first})
+            async with hc.stream("POST", b + "/v1/chat/completions", json=body("a silent relay", True)) as resp:
+                chunks = resp.aiter_bytes()
+                raw = await anext(chunks)  # b is following: the relayed chunk is out
+                r.restore(entry_key, 0, stored)  # the leader's answer, stored as its lock runs out
+                raw += b"".join([c async for c in chunks])
+            status = resp.headers["x-cache-status"]
+        assert status == "COALESCED" and sse_text(raw) == whole
+        assert b'"error"' not in raw and raw.rstrip().endswith(b"data: [DONE]")
