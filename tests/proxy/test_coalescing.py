@@ -247,7 +247,7 @@ async def test_a_leader_stream_breaking_reaches_the_following_replica_as_an_erro
 
 async def test_a_replica_following_a_leader_that_died_mid_stream_ends_with_an_error(make_proxy, slow_backend,
                                                                                      redis_url):
-    """The leader (played by the test: its lock and its relay stream in Redis) wrote two events
+    """The leader (played by the test: its lock and its relay stream in Redis) wrote one event
     and then died: its lock, no longer renewed, expires, and the follower ends its stream
     with an error frame instead of waiting out follower_wait_s."""
     import orjson
