@@ -149,7 +149,7 @@ class Pump:
                 if relayed.started:  # mid-stream: only the relay, or the entry it was making, can finish it
                     if not relayed.ended and (got or await self._leader_alive(key, leader)):
                         continue
-                    broken = not relayed.ok and relayed.marker is None  # a failed read, or a leader gone silent
+                    broken = relayed.marker is None  # no end marker: a failed read, or a leader gone silent
                     stored = await self.cache.exact(key, None) if broken else None
                     flight.finish(relayed.finish(flight, stored.entry if stored is not None else None, self.clock()))
                     return None, None
