@@ -23,7 +23,8 @@ import logging
 
 from cache.entry import Key
 from cache.layer import LayerError
-from cache.redis_client import REDIS_ERRORS, Client
+from cache.redis_call import bounded_call
+from cache.redis_client import Client
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,8 @@ class LiveRelay:
         """The entries after id `after` (b"0": from the start) of the stream of the leader
         holding `token`, waiting up to `block_ms` for one; [] when none came. Raises LayerError."""
         name = self.stream_key(key, token)
-        try:
-            async with asyncio.timeout(self.timeout_s + self.block_ms / 1000):
-                resp = await self.client.xread({name: after}, block=self.block_ms)
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"live relay read: {type(exc).__name__}: {exc}") from exc
+        resp = await bounded_call("live relay read", self.timeout_s + self.block_ms / 1000,
+                                  lambda: self.client.xread({name: after}, block=self.block_ms))
         if not resp:
             return []
         entries = resp[name] if isinstance(resp, dict) else resp[0][1]  # RESP3 / RESP2 shapes
@@ -130,14 +128,13 @@ class LivePublisher:
             await asyncio.sleep(self.relay.flush_s)
 
     async def _write(self, fields: dict[bytes, bytes]) -> None:
-        try:
-            async with asyncio.timeout(self.relay.timeout_s):
-                pipe = self.relay.client.pipeline(transaction=False)
-                pipe.xadd(self.name, fields)
-                pipe.pexpire(self.name, self.relay.end_keep_ms if END in fields else self.relay.keep_ms)
-                await pipe.execute()
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"live relay write: {type(exc).__name__}: {exc}") from exc
+        async def xadd_and_expire() -> None:
+            pipe = self.relay.client.pipeline(transaction=False)
+            pipe.xadd(self.name, fields)
+            pipe.pexpire(self.name, self.relay.end_keep_ms if END in fields else self.relay.keep_ms)
+            await pipe.execute()
+
+        await bounded_call("live relay write", self.relay.timeout_s, xadd_and_expire)
 
 
 def _bytes(value: bytes | str) -> bytes:

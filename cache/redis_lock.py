@@ -13,7 +13,8 @@ from typing import TypeVar
 
 from cache.entry import Key
 from cache.layer import LayerError
-from cache.redis_client import REDIS_ERRORS, Client
+from cache.redis_call import bounded_call
+from cache.redis_client import Client
 from cache.redis_pipe import RedisPipe
 
 T = TypeVar("T")
@@ -55,11 +56,7 @@ class RedisLock:
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """One Redis call within the lock's deadline; its failures become LayerError."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await fn()
-        except REDIS_ERRORS as exc:
-            raise LayerError(f"redis lock {what}: {type(exc).__name__}: {exc}") from exc
+        return await bounded_call(f"redis lock {what}", self.timeout_s, fn)
 
     async def holder(self, key: Key) -> str:
         """The token holding the key's lock, "" when none does. Raises LayerError."""
